@@ -5,13 +5,11 @@
 //! per-hop latency (median, p99), against the same chain built from bare
 //! tokio channels and tasks (the floor any actor runtime pays).
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::graph::actor::{Ctx, Next, mailbox, run_actor};
+use crate::graph::actor::{Ctx, Next, SessionLink, mailbox, run_actor};
 use crate::graph::nodes::Passthrough;
 use crate::graph::{DataFrame, EventSink, INPUT, Payload};
 
@@ -86,7 +84,7 @@ impl Tail {
 /// Five pass-through actors driven by the duplex runtime.
 fn actor_chain() -> (Head, Tail) {
     let (events, _rx) = EventSink::new();
-    let ids = Arc::new(AtomicU64::new(1));
+    let link = SessionLink::new();
     let (head, mut inbox) = mailbox();
     for i in 0..HOPS {
         let (next_out, next_in) = mailbox();
@@ -94,7 +92,7 @@ fn actor_chain() -> (Head, Tail) {
             &format!("p{i}"),
             vec![next_out],
             events.clone(),
-            ids.clone(),
+            link.clone(),
         );
         tokio::spawn(run_actor(Box::new(Passthrough), inbox, ctx));
         inbox = next_in;

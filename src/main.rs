@@ -36,6 +36,9 @@ enum Command {
         /// Where to write the events (JSON lines); stdout when absent.
         #[arg(long)]
         events: Option<PathBuf>,
+        /// Write the spoken answer (all response audio) to this WAV file.
+        #[arg(long)]
+        output: Option<PathBuf>,
         /// Feed the input at wall-clock pace instead of as fast as possible.
         #[arg(long)]
         realtime: bool,
@@ -119,6 +122,7 @@ async fn dispatch(command: Command) -> Result<()> {
             pipeline,
             input,
             events,
+            output,
             realtime,
             chunk_ms,
         } => {
@@ -130,8 +134,9 @@ async fn dispatch(command: Command) -> Result<()> {
                     .with_context(|| format!("node `{}`", node.name))?;
             }
             let pace = Pace { chunk_ms, realtime };
+            let output_wav = output.map(|path| (path, output_rate(&pipeline)));
             tokio::select! {
-                result = run_file(&pipeline, &resources, &input, events.as_deref(), pace) => {
+                result = run_file(&pipeline, &resources, &input, events.as_deref(), output_wav.as_ref().map(|(p, r)| (p.as_path(), *r)), pace) => {
                     let events = result?;
                     tracing::info!(events = events.len(), "done");
                 }
@@ -152,6 +157,18 @@ async fn dispatch(command: Command) -> Result<()> {
             }
         },
     }
+}
+
+/// The rate of the pipeline's output stage (the Realtime API's 24 kHz by default).
+fn output_rate(pipeline: &Pipeline) -> u32 {
+    pipeline
+        .nodes
+        .iter()
+        .find_map(|n| match &n.kind {
+            duplex::graph::NodeKind::Output(p) => Some(p.sample_rate),
+            _ => None,
+        })
+        .unwrap_or(24_000)
 }
 
 async fn models_command(command: ModelsCommand) -> Result<()> {

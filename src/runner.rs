@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::audio::Pcm;
-use crate::graph::{AudioChunk, DataFrame, Event, INPUT, Pipeline, Resources, SessionGraph};
+use crate::graph::{AudioChunk, DataFrame, Event, INPUT, Pipeline, Resources, SessionGraph, SessionShared};
 
 /// How to feed the input.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +39,8 @@ pub async fn run_pcm(
     pace: Pace,
     mut on_event: impl FnMut(&Event) -> Result<()>,
 ) -> Result<Vec<Event>> {
-    let mut session = SessionGraph::start(pipeline, resources)?;
+    let shared = SessionShared::new("headless");
+    let mut session = SessionGraph::start(pipeline, resources, &shared)?;
     let input = session.input.take().context("session has no input")?;
     let chunk = (pcm.sample_rate as usize * pace.chunk_ms.max(1) as usize / 1000).max(1);
     let rate = pcm.sample_rate;
@@ -67,12 +68,26 @@ pub async fn run_pcm(
     Ok(events)
 }
 
-/// `duplex run`: decode `input`, stream it, write events as JSON lines.
+/// The response audio in `events` (`response.output_audio.delta`), joined.
+pub fn response_audio(events: &[Event]) -> Result<Vec<f32>> {
+    let mut samples = Vec::new();
+    for event in events {
+        if event["type"] == "response.output_audio.delta" {
+            let delta = event["delta"].as_str().unwrap_or_default();
+            samples.extend(crate::audio::pcm16_base64_decode(delta)?);
+        }
+    }
+    Ok(samples)
+}
+
+/// `duplex run`: decode `input`, stream it, write events as JSON lines and
+/// (with `output_wav`) the spoken answer as a WAV file.
 pub async fn run_file(
     pipeline: &Pipeline,
     resources: &Arc<Resources>,
     input: &Path,
     events_out: Option<&Path>,
+    output_wav: Option<(&Path, u32)>,
     pace: Pace,
 ) -> Result<Vec<Event>> {
     let pcm = crate::audio::decode_file(input)?;
@@ -96,5 +111,14 @@ pub async fn run_file(
     })
     .await?;
     writer.flush().context("writing events")?;
+    if let Some((path, rate)) = output_wav {
+        let pcm = Pcm {
+            samples: response_audio(&events)?,
+            sample_rate: rate,
+        };
+        crate::audio::write_wav(path, &pcm)
+            .with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(path = %path.display(), seconds = pcm.duration_secs(), "wrote the spoken answer");
+    }
     Ok(events)
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use duplex::graph::actor::run_actor;
+use duplex::graph::actor::{SessionLink, run_actor};
 use duplex::graph::{
     Actor, AudioChunk, Ctx, DataFrame, EventSink, INPUT, Next, ResponseId, SystemFrame, SystemKind,
     mailbox,
@@ -107,7 +107,7 @@ impl Actor for Forward {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_flushes_queued_frames_in_every_downstream_actor() {
     let (events, _events_rx) = EventSink::new();
-    let ids = Arc::new(AtomicU64::new(1));
+    let link = SessionLink::new();
     let log = Arc::new(Mutex::new(Vec::new()));
     let gate = Arc::new(Notify::new());
 
@@ -117,7 +117,7 @@ async fn interrupt_flushes_queued_frames_in_every_downstream_actor() {
     let forward = tokio::spawn(run_actor(
         Box::new(Forward),
         forward_in,
-        Ctx::new("forward", vec![gated_out], events.clone(), ids.clone()),
+        Ctx::new("forward", vec![gated_out], events.clone(), link.clone()),
     ));
     let gated = tokio::spawn(run_actor(
         Box::new(Gated {
@@ -126,7 +126,7 @@ async fn interrupt_flushes_queued_frames_in_every_downstream_actor() {
             log: log.clone(),
         }),
         gated_in,
-        Ctx::new("gated", vec![], events.clone(), ids.clone()),
+        Ctx::new("gated", vec![], events.clone(), link.clone()),
     ));
 
     // Response 1 piles up in the gated actor's inbox (it is stuck on frame 0).
@@ -186,7 +186,7 @@ async fn an_actor_error_becomes_an_error_event_and_the_actor_goes_on() {
             handled: handled.clone(),
         }),
         inbox,
-        Ctx::new("flaky", vec![], events, Arc::new(AtomicU64::new(1))),
+        Ctx::new("flaky", vec![], events, SessionLink::new()),
     ));
     for t in 0..6 {
         head.send_data(frame(t, INPUT)).await;
@@ -245,4 +245,70 @@ async fn a_panicking_actor_becomes_an_error_event_and_other_sessions_go_on() {
         "no errors, clean end"
     );
     assert!(healthy.finish().await.crashed.is_empty());
+}
+
+/// Logs every frame it sees.
+struct Recorder {
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Actor for Recorder {
+    async fn on_data(&mut self, frame: DataFrame, _ctx: &Ctx) -> anyhow::Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("data r{} t{}", frame.response_id, frame.t_ms));
+        Ok(())
+    }
+
+    async fn on_system(&mut self, frame: &SystemFrame, _ctx: &Ctx) -> anyhow::Result<()> {
+        self.log.lock().unwrap().push(format!("{:?}", frame.kind));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_reaches_the_last_stage_while_an_earlier_one_is_busy() {
+    use duplex::graph::SessionGraph;
+    let gate = Arc::new(Notify::new());
+    let busy_log = Arc::new(Mutex::new(Vec::new()));
+    let sink_log = Arc::new(Mutex::new(Vec::new()));
+    let actors: Vec<(String, Box<dyn Actor>)> = vec![
+        (
+            "busy".into(),
+            Box::new(Gated {
+                gate: gate.clone(),
+                blocked_once: false,
+                log: busy_log.clone(),
+            }),
+        ),
+        (
+            "sink".into(),
+            Box::new(Recorder {
+                log: sink_log.clone(),
+            }),
+        ),
+    ];
+    let mut session = SessionGraph::spawn(actors, &[(0, 1)], 0);
+    let input = session.input.clone().unwrap();
+    input.send_data(frame(0, 1)).await; // "busy" is now stuck on it
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    session.raise(0, SystemKind::Interrupt { response_id: 1 });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        sink_log.lock().unwrap().clone(),
+        vec!["Interrupt { response_id: 1 }".to_string()],
+        "the last stage heard the interrupt while the first was busy"
+    );
+    gate.notify_one();
+    drop(input);
+    session.end_input();
+    while session.events.recv().await.is_some() {}
+    session.finish().await;
+    // The busy stage saw the interrupt once, though it came two ways.
+    let busy = busy_log.lock().unwrap().clone();
+    assert_eq!(busy.iter().filter(|l| l.starts_with("Interrupt")).count(), 1, "{busy:?}");
+    let sink = sink_log.lock().unwrap().clone();
+    assert_eq!(sink.iter().filter(|l| l.starts_with("Interrupt")).count(), 1, "{sink:?}");
 }

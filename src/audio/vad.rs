@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::graph::{Actor, Ctx, DataFrame, Payload, SystemKind};
+use crate::latency::Latency;
 use crate::models::ModelStore;
 
 /// Silero's rate, chunk and context sizes (v6, 16 kHz).
@@ -150,6 +151,7 @@ impl VadCore {
 /// `threshold - 0.15`.
 pub struct VadActor {
     params: VadParams,
+    latency: Arc<Latency>,
     core: Option<VadCore>,
     /// Samples waiting for a full chunk.
     pending: Vec<f32>,
@@ -162,10 +164,11 @@ pub struct VadActor {
 }
 
 impl VadActor {
-    pub fn new(model: Arc<SileroModel>, params: VadParams) -> Result<VadActor> {
+    pub fn new(model: Arc<SileroModel>, params: VadParams, latency: Arc<Latency>) -> Result<VadActor> {
         params.validate()?;
         Ok(VadActor {
             params,
+            latency,
             core: Some(VadCore {
                 model,
                 state: [0.0; STATE],
@@ -219,7 +222,10 @@ impl VadActor {
                 );
                 ctx.raise(
                     ms(chunk_start),
-                    SystemKind::SpeechStarted { audio_start_ms },
+                    SystemKind::SpeechStarted {
+                        item_id: self.item_id(),
+                        audio_start_ms,
+                    },
                 );
             }
             return;
@@ -237,6 +243,8 @@ impl VadActor {
     fn stop(&mut self, speech_end_ms: u64, audio_end_ms: u64, ctx: &Ctx) {
         self.speaking = false;
         self.silence_from = None;
+        let silence = std::time::Duration::from_millis(audio_end_ms - speech_end_ms);
+        self.latency.start(&self.item_id(), silence);
         ctx.events().emit(
             "input_audio_buffer.speech_stopped",
             audio_end_ms,
@@ -249,6 +257,7 @@ impl VadActor {
         ctx.raise(
             audio_end_ms,
             SystemKind::SpeechStopped {
+                item_id: self.item_id(),
                 audio_end_ms,
                 speech_end_ms,
             },

@@ -14,8 +14,9 @@
 //! `tokio::task::spawn_blocking` (or a dedicated model thread) for it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -44,6 +45,16 @@ pub trait Actor: Send + 'static {
     async fn on_end(&mut self, _ctx: &Ctx) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// If set, `on_tick` runs at this interval between frames (pacing
+    /// output audio, idle animation).
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    async fn on_tick(&mut self, _ctx: &Ctx) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The sending side of an actor's inbox. Cheap to clone.
@@ -70,6 +81,66 @@ impl Outbox {
             Frame::Data(d) => self.send_data(d).await,
             Frame::System(s) => self.send_system(s),
         }
+    }
+
+    /// A handle to the system queue that does not keep the inbox open.
+    pub fn downgrade_system(&self) -> mpsc::WeakUnboundedSender<SystemFrame> {
+        self.system.downgrade()
+    }
+}
+
+/// What every actor of one session shares: unique ids for system frames,
+/// which responses are dead, and a line to every actor at once, so an
+/// interrupt reaches the output stage at once even while a stage before it
+/// is busy synthesizing or decoding.
+#[derive(Default)]
+pub struct SessionLink {
+    next_system_id: AtomicU64,
+    killed_upto: AtomicU64,
+    everyone: OnceLock<Vec<mpsc::WeakUnboundedSender<SystemFrame>>>,
+}
+
+impl SessionLink {
+    pub fn new() -> Arc<SessionLink> {
+        Arc::new(SessionLink {
+            next_system_id: AtomicU64::new(1),
+            ..Default::default()
+        })
+    }
+
+    /// Registers every actor of the session (once, after wiring).
+    pub fn connect(&self, actors: &[Outbox]) {
+        let _ = self
+            .everyone
+            .set(actors.iter().map(Outbox::downgrade_system).collect());
+    }
+
+    /// Whether `response_id` has been interrupted or cancelled.
+    pub fn is_dead(&self, response_id: ResponseId) -> bool {
+        response_id != super::frame::INPUT
+            && response_id <= self.killed_upto.load(Ordering::SeqCst)
+    }
+
+    /// A new system frame with a session-unique id. A frame that kills a
+    /// response marks it dead session-wide; interrupts, cancels and output
+    /// pauses are also sent to every actor directly.
+    pub fn frame(&self, t_ms: u64, kind: SystemKind) -> SystemFrame {
+        let frame = SystemFrame {
+            id: self.next_system_id.fetch_add(1, Ordering::Relaxed),
+            t_ms,
+            kind,
+        };
+        if let Some(killed) = frame.kind.kills() {
+            self.killed_upto.fetch_max(killed, Ordering::SeqCst);
+        }
+        if frame.kind.broadcast() {
+            for weak in self.everyone.get().into_iter().flatten() {
+                if let Some(tx) = weak.upgrade() {
+                    let _ = tx.send(frame.clone());
+                }
+            }
+        }
+        frame
     }
 }
 
@@ -196,27 +267,30 @@ impl Inbox {
 }
 
 /// What an actor can do besides receiving: send downstream, raise system
-/// frames, emit client events.
+/// frames, emit client events. A clone lets a task of the actor (a streaming
+/// generation, say) do the same.
+#[derive(Clone)]
 pub struct Ctx {
     node: Arc<str>,
     outputs: Vec<Outbox>,
     events: EventSink,
-    system_ids: Arc<AtomicU64>,
+    link: Arc<SessionLink>,
 }
 
 impl Ctx {
-    pub fn new(
-        node: &str,
-        outputs: Vec<Outbox>,
-        events: EventSink,
-        system_ids: Arc<AtomicU64>,
-    ) -> Self {
+    pub fn new(node: &str, outputs: Vec<Outbox>, events: EventSink, link: Arc<SessionLink>) -> Self {
         Ctx {
             node: node.into(),
             outputs,
             events,
-            system_ids,
+            link,
         }
+    }
+
+    /// Whether `response_id` has been interrupted or cancelled: long work
+    /// checks this before emitting its result.
+    pub fn is_dead(&self, response_id: ResponseId) -> bool {
+        self.link.is_dead(response_id)
     }
 
     /// This actor's node name in the pipeline.
@@ -239,13 +313,10 @@ impl Ctx {
         }
     }
 
-    /// Raises a new system frame and sends it downstream ahead of queued data.
+    /// Raises a new system frame and sends it downstream ahead of queued
+    /// data (an interrupt or cancel goes to every actor of the session).
     pub fn raise(&self, t_ms: u64, kind: SystemKind) -> SystemFrame {
-        let frame = SystemFrame {
-            id: self.system_ids.fetch_add(1, Ordering::Relaxed),
-            t_ms,
-            kind,
-        };
+        let frame = self.link.frame(t_ms, kind);
         self.forward(&frame);
         frame
     }
@@ -261,8 +332,26 @@ impl Ctx {
 /// Drives one actor until its inbox closes. Errors become `error` events.
 pub async fn run_actor(mut actor: Box<dyn Actor>, mut inbox: Inbox, ctx: Ctx) -> u64 {
     let mut clock = 0u64;
+    let mut ticker = actor.tick_interval().map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     loop {
-        match inbox.next().await {
+        let next = match &mut ticker {
+            Some(t) => tokio::select! {
+                biased;
+                next = inbox.next() => next,
+                _ = t.tick() => {
+                    if let Err(e) = actor.on_tick(&ctx).await {
+                        report(&ctx, clock, &e);
+                    }
+                    continue;
+                }
+            },
+            None => inbox.next().await,
+        };
+        match next {
             Next::Data(frame) => {
                 clock = clock.max(frame.t_ms);
                 if let Err(e) = actor.on_data(frame, &ctx).await {

@@ -41,11 +41,13 @@ pub struct SystemFrame {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SystemKind {
-    /// The user started speaking; `audio_start_ms` includes the prefix padding.
-    SpeechStarted { audio_start_ms: u64 },
+    /// The user started speaking; `audio_start_ms` includes the prefix
+    /// padding; `item_id` names the user message this speech becomes.
+    SpeechStarted { item_id: String, audio_start_ms: u64 },
     /// The user stopped speaking. `audio_end_ms` is when the silence window
     /// closed (as in the Realtime API), `speech_end_ms` when voice last was heard.
     SpeechStopped {
+        item_id: String,
         audio_end_ms: u64,
         speech_end_ms: u64,
     },
@@ -54,11 +56,27 @@ pub enum SystemKind {
     Interrupt { response_id: ResponseId },
     /// The client cancelled a response; same effect on frames as an interrupt.
     Cancel { response_id: ResponseId },
+    /// The user may be barging in: hold the response's audio where it is.
+    PauseOutput { response_id: ResponseId },
+    /// It was a cough or a backchannel: go on playing.
+    ResumeOutput { response_id: ResponseId },
     /// A stage failed on one frame; the session goes on.
     Error { node: String, message: String },
 }
 
 impl SystemKind {
+    /// Whether the frame must reach every actor at once rather than hop by
+    /// hop (a busy stage must not delay stopping the audio).
+    pub fn broadcast(&self) -> bool {
+        matches!(
+            self,
+            SystemKind::Interrupt { .. }
+                | SystemKind::Cancel { .. }
+                | SystemKind::PauseOutput { .. }
+                | SystemKind::ResumeOutput { .. }
+        )
+    }
+
     /// The response this frame kills, if it kills one.
     pub fn kills(&self) -> Option<ResponseId> {
         match self {
@@ -84,8 +102,55 @@ pub struct DataFrame {
 pub enum Payload {
     /// Mono audio in [-1, 1].
     Audio(AudioChunk),
+    /// Recognized user speech: committed partial words (`is_final` false,
+    /// only the new words) or the whole final transcript of an utterance.
+    Transcript {
+        item_id: String,
+        text: String,
+        is_final: bool,
+    },
+    /// A clause of the assistant's answer, ready to be spoken
+    /// (orchestrator -> TTS).
+    Clause { item_id: String, text: String },
+    /// Synthesized speech of a response, in order (TTS -> output). The first
+    /// chunk of each clause carries the clause's text and full duration.
+    Speech {
+        item_id: String,
+        chunk: AudioChunk,
+        clause: Option<ClauseAudio>,
+    },
+    /// Speech released to the client at playback pace (output -> avatar);
+    /// `offset_ms` is where the chunk starts in the response's audio.
+    Playout {
+        item_id: String,
+        offset_ms: u64,
+        chunk: AudioChunk,
+    },
+    /// The response has produced everything; ordered after its last clause
+    /// or speech frame. The stage that finishes playing it reports it done.
+    ResponseEnd(Box<ResponseSummary>),
     /// A timing probe: benchmarks and tests measure hops with it.
     Probe { seq: u64, sent: Instant },
+}
+
+/// The clause a run of speech audio speaks.
+#[derive(Debug, Clone)]
+pub struct ClauseAudio {
+    pub text: String,
+    pub duration_ms: u64,
+}
+
+/// What a finished response produced, for its `response.done`.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseSummary {
+    pub response_id: String,
+    pub item_id: String,
+    /// The whole text the model generated.
+    pub transcript: String,
+    /// `["audio"]` or `["text"]`.
+    pub modalities: Vec<String>,
+    pub input_tokens: usize,
+    pub output_tokens: usize,
 }
 
 /// Mono f32 samples at `sample_rate`; shared, so fan-out does not copy.

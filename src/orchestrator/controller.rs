@@ -1,0 +1,641 @@
+//! The controller: the orchestrator actor between ASR and TTS, around a
+//! frozen LLM (after Freeze-Omni and "Training-Free Multimodal LLM
+//! Orchestration").
+//!
+//! On each final user transcript it routes the turn (memory, vision, tools),
+//! puts what the chosen experts know before the user's words, and streams the
+//! LLM's answer: text deltas as events, and clauses (cut by the chunker) to
+//! the TTS the moment each closes. It owns the conversation and keeps it
+//! interruption-true: when the user barges in, the assistant item keeps only
+//! the words the output stage reports as played.
+//!
+//! Barge-in is two-step (LiveKit's false-interruption resume): the moment the
+//! user starts speaking over the bot, its audio is paused; once the user's
+//! words show a real turn (a word that is not a backchannel like "mhm"), the
+//! response is interrupted and cancelled within one token; if it was only a
+//! cough or a backchannel, the audio resumes where it stopped and nothing
+//! enters the conversation.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::conversation::Conversation;
+use super::heard::Heard;
+use super::memory::{Memory, Modality, format_for_prompt};
+use super::router::{self, Decision};
+use crate::graph::frame::ResponseSummary;
+use crate::graph::{Actor, Ctx, DataFrame, INPUT, Payload, ResponseId, SystemFrame, SystemKind};
+use crate::latency::{Latency, Stage};
+use crate::llm::chunker::{ChunkerOptions, ClauseChunker};
+use crate::llm::{GenerateOptions, Llm, Role, Usage};
+use crate::realtime;
+
+pub const DEFAULT_INSTRUCTIONS: &str = "You are a friendly voice assistant. Answer in one or two short spoken sentences. No lists, no markdown.";
+
+/// Listener sounds that neither interrupt the bot nor become a turn.
+const BACKCHANNELS: &[&str] = &[
+    "mhm", "mm", "mmm", "hmm", "hm", "uh", "huh", "uhhuh", "um", "ah", "oh", "yeah", "yep", "yes",
+    "right", "okay", "ok", "sure", "i", "see",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerParams {
+    /// The engine: `{ engine = "local" }` (default) or
+    /// `{ engine = "remote", url = "...", model = "..." }`.
+    #[serde(default)]
+    pub llm: crate::llm::LlmConfig,
+    /// The system prompt.
+    #[serde(default = "default_instructions")]
+    pub instructions: String,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default)]
+    pub temperature: f32,
+    /// `["audio"]` (spoken answers) or `["text"]`.
+    #[serde(default = "default_modalities")]
+    pub modalities: Vec<String>,
+    /// Answer each finished user turn.
+    #[serde(default = "default_true")]
+    pub create_response: bool,
+    /// Let the user barge in on the bot.
+    #[serde(default = "default_true")]
+    pub interrupt_response: bool,
+    /// Words (that are not backchannels) needed to confirm a barge-in.
+    #[serde(default = "default_min_interruption_words")]
+    pub min_interruption_words: usize,
+    /// Clause boundaries cut only after this many words.
+    #[serde(default = "default_min_clause_words")]
+    pub min_clause_words: usize,
+    /// Remember everything said, per user, across sessions (SQLite file).
+    #[serde(default)]
+    pub memory_db: Option<PathBuf>,
+    /// Whose memory this session uses.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// How many memories to recall per turn.
+    #[serde(default = "default_recall_k")]
+    pub recall_k: usize,
+}
+
+fn default_instructions() -> String {
+    DEFAULT_INSTRUCTIONS.into()
+}
+fn default_max_tokens() -> usize {
+    120
+}
+fn default_modalities() -> Vec<String> {
+    vec!["audio".into()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_min_interruption_words() -> usize {
+    1
+}
+fn default_min_clause_words() -> usize {
+    3
+}
+fn default_user() -> String {
+    "default".into()
+}
+fn default_recall_k() -> usize {
+    3
+}
+
+impl ControllerParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=4096).contains(&self.max_tokens) {
+            anyhow::bail!("max_tokens must be 1..4096, got {}", self.max_tokens);
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            anyhow::bail!("temperature must be 0..2, got {}", self.temperature);
+        }
+        for m in &self.modalities {
+            if m != "audio" && m != "text" {
+                anyhow::bail!("modalities may hold \"audio\" and \"text\", not \"{m}\"");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a finished generation hands back (no engine if it crashed).
+struct Generated {
+    llm: Option<Box<dyn Llm>>,
+    text: String,
+    usage: Result<Usage>,
+}
+
+/// The response being generated.
+struct Active {
+    response_id: ResponseId,
+    item_id: String,
+    cancel: Arc<AtomicBool>,
+    task: JoinHandle<Generated>,
+    /// Set when it was stopped: the reason for its `response.done`.
+    cancelled: Option<&'static str>,
+}
+
+/// A possible barge-in on `response_id`, waiting for the user's words.
+struct BargeIn {
+    response_id: ResponseId,
+    item_id: String,
+}
+
+pub struct Controller {
+    params: ControllerParams,
+    llm: Option<Box<dyn Llm>>,
+    conversation: Conversation,
+    memory: Option<Arc<Mutex<Memory>>>,
+    next_response: ResponseId,
+    active: Option<Active>,
+    /// The last response and its assistant item (it may still be playing).
+    last: Option<(ResponseId, String)>,
+    barge_in: Option<BargeIn>,
+    heard: Arc<Heard>,
+    latency: Arc<Latency>,
+    /// Words committed so far of the user's current utterance.
+    partial_words: Vec<String>,
+    /// Decisions of the router, for tests and the client.
+    pub decisions: Vec<Decision>,
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn is_backchannel(word: &str) -> bool {
+    let w: String = word
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
+    w.is_empty() || BACKCHANNELS.contains(&w.as_str())
+}
+
+impl Controller {
+    pub fn new(
+        params: ControllerParams,
+        llm: Box<dyn Llm>,
+        memory: Option<Memory>,
+        heard: Arc<Heard>,
+        latency: Arc<Latency>,
+    ) -> Result<Controller> {
+        params.validate()?;
+        Ok(Controller {
+            conversation: Conversation::new(params.instructions.clone()),
+            params,
+            llm: Some(llm),
+            memory: memory.map(|m| Arc::new(Mutex::new(m))),
+            next_response: 1,
+            active: None,
+            last: None,
+            barge_in: None,
+            heard,
+            latency,
+            partial_words: Vec::new(),
+            decisions: Vec::new(),
+        })
+    }
+
+    pub fn conversation(&self) -> &Conversation {
+        &self.conversation
+    }
+
+    fn speaks(&self) -> bool {
+        self.params.modalities.iter().any(|m| m == "audio")
+    }
+
+    /// Whether the bot may still be talking (generating or playing).
+    fn talking(&self) -> Option<(ResponseId, String)> {
+        if let Some(a) = &self.active
+            && a.cancelled.is_none()
+        {
+            return Some((a.response_id, a.item_id.clone()));
+        }
+        match &self.last {
+            Some((r, item)) if !self.heard.is_finished(*r) => Some((*r, item.clone())),
+            _ => None,
+        }
+    }
+
+    /// Waits for the generation in flight and files its answer in the
+    /// conversation (only the heard part if it was interrupted).
+    async fn settle(&mut self, ctx: &Ctx) -> Result<()> {
+        let Some(active) = self.active.take() else {
+            return Ok(());
+        };
+        let generated = active.task.await.context("LLM task failed")?;
+        self.llm = generated.llm;
+        let usage = generated.usage;
+        let text = match active.cancelled {
+            Some(_) if self.speaks() => self.heard.heard_text(active.response_id),
+            Some(_) => generated.text.clone(),
+            None => generated.text.clone(),
+        };
+        self.conversation
+            .push(&active.item_id, Role::Assistant, &text, None);
+        if active.cancelled.is_some() {
+            self.conversation.truncate(&active.item_id, &text)?;
+        }
+        if let Some(memory) = &self.memory
+            && !text.trim().is_empty()
+        {
+            let memory = memory.clone();
+            let said = text.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut m = memory.lock().map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+                m.remember(Modality::Assistant, &said, now_unix_ms())
+            })
+            .await
+            .context("memory task failed")??;
+        }
+        if let Err(e) = usage {
+            ctx.events().error(0, "llm_error", &format!("{e:#}"));
+        }
+        Ok(())
+    }
+
+    /// Stops the response the user talked over, keeping what they heard.
+    async fn interrupt(&mut self, response_id: ResponseId, item_id: &str, ctx: &Ctx) -> Result<()> {
+        ctx.raise(0, SystemKind::Interrupt { response_id });
+        let played_ms = self.heard.played_ms(response_id);
+        let heard = self.heard.heard_text(response_id);
+        self.heard.finish(response_id);
+        let generating = matches!(&self.active, Some(a) if a.response_id == response_id);
+        if generating {
+            if let Some(a) = &mut self.active {
+                a.cancel.store(true, Ordering::SeqCst);
+                a.cancelled = Some("turn_detected");
+            }
+        } else if self.conversation.get(item_id).is_some() {
+            self.conversation.truncate(item_id, &heard)?;
+        }
+        tracing::info!(response = response_id, played_ms, heard = %heard, "barge-in: response interrupted");
+        let item = realtime::assistant_item(item_id, "incomplete", &self.params.modalities, &heard);
+        ctx.events().emit(
+            "conversation.item.truncated",
+            0,
+            json!({"item_id": item_id, "content_index": 0, "audio_end_ms": played_ms}),
+        );
+        ctx.events().emit(
+            "response.done",
+            0,
+            json!({"response": realtime::response_object(
+                &realtime::response_id(response_id),
+                "cancelled",
+                json!({"type": "cancelled", "reason": "turn_detected"}),
+                vec![item],
+                &self.params.modalities,
+                None,
+            )}),
+        );
+        Ok(())
+    }
+
+    /// Decides a pending barge-in from the user's words so far.
+    async fn judge_barge_in(&mut self, words: &[String], is_final: bool, ctx: &Ctx) -> Result<bool> {
+        let Some(b) = &self.barge_in else {
+            return Ok(false);
+        };
+        let real = words.iter().filter(|w| !is_backchannel(w)).count();
+        if real >= self.params.min_interruption_words {
+            let (r, item) = (b.response_id, b.item_id.clone());
+            self.barge_in = None;
+            self.interrupt(r, &item, ctx).await?;
+            return Ok(false);
+        }
+        if is_final {
+            let r = b.response_id;
+            self.barge_in = None;
+            ctx.raise(0, SystemKind::ResumeOutput { response_id: r });
+            ctx.events().emit(
+                "duplex.backchannel",
+                0,
+                json!({"response_id": realtime::response_id(r), "transcript": words.join(" ")}),
+            );
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn on_user_final(&mut self, item_id: &str, text: &str, ctx: &Ctx) -> Result<()> {
+        let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+        if self.judge_barge_in(&words, true, ctx).await? {
+            return Ok(()); // a backchannel: not a turn
+        }
+        if words.is_empty() {
+            return Ok(());
+        }
+        self.settle(ctx).await?;
+
+        // Route, recall, remember.
+        let recalled = match &self.memory {
+            Some(memory) => {
+                let memory = memory.clone();
+                let query = text.to_string();
+                let k = self.params.recall_k;
+                tokio::task::spawn_blocking(move || {
+                    let mut m = memory.lock().map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+                    let found = m.recall(&query, k, now_unix_ms())?;
+                    m.remember(Modality::User, &query, now_unix_ms())?;
+                    anyhow::Ok(Some(found))
+                })
+                .await
+                .context("memory task failed")??
+            }
+            None => None,
+        };
+        let best = recalled
+            .as_ref()
+            .and_then(|r| r.first().map(|x| x.score));
+        let decision = router::route(text, best, false, &[]);
+        ctx.events().emit(
+            "duplex.router.decision",
+            0,
+            json!({"item_id": item_id, "decision": decision}),
+        );
+        let mut context = String::new();
+        if decision.memory.used
+            && let Some(found) = &recalled
+            && !found.is_empty()
+        {
+            context = format!(
+                "Earlier in our conversations:\n{}\n\n",
+                format_for_prompt(found, now_unix_ms())
+            );
+        }
+        self.decisions.push(decision);
+        let prompt = (!context.is_empty()).then(|| format!("{context}{text}"));
+        self.conversation.push(item_id, Role::User, text, prompt);
+        if self.params.create_response {
+            self.respond(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Starts generating a response to the conversation as it stands.
+    fn respond(&mut self, ctx: &Ctx) -> Result<()> {
+        let llm = self.llm.take().context("LLM lost after an earlier failure")?;
+        let response_id = self.next_response;
+        self.next_response += 1;
+        let rid = realtime::response_id(response_id);
+        let item_id = realtime::assistant_item_id(response_id);
+        let modalities = self.params.modalities.clone();
+        self.latency.response(&rid);
+
+        let events = ctx.events();
+        events.emit(
+            "response.created",
+            0,
+            json!({"response": realtime::response_object(&rid, "in_progress", Value::Null, vec![], &modalities, None)}),
+        );
+        let item = realtime::assistant_item(&item_id, "in_progress", &modalities, "");
+        events.emit(
+            "response.output_item.added",
+            0,
+            json!({"response_id": rid, "output_index": 0, "item": item}),
+        );
+        events.emit("conversation.item.added", 0, json!({"item": item}));
+        let audio = self.speaks();
+        let part = if audio {
+            json!({"type": "audio", "transcript": ""})
+        } else {
+            json!({"type": "text", "text": ""})
+        };
+        events.emit(
+            "response.content_part.added",
+            0,
+            json!({"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+        );
+
+        let cancel = Arc::new(AtomicBool::new(false));
+        let messages = self.conversation.messages();
+        let options = GenerateOptions {
+            max_tokens: self.params.max_tokens,
+            temperature: self.params.temperature,
+            seed: response_id,
+        };
+        let chunker = ChunkerOptions {
+            min_clause_words: self.params.min_clause_words,
+            ..ChunkerOptions::default()
+        };
+        let task = tokio::spawn(generate(GenerateJob {
+            llm,
+            messages,
+            options,
+            chunker,
+            cancel: cancel.clone(),
+            ctx: ctx.clone(),
+            latency: self.latency.clone(),
+            response_id,
+            rid,
+            item_id: item_id.clone(),
+            modalities,
+        }));
+        self.active = Some(Active {
+            response_id,
+            item_id: item_id.clone(),
+            cancel,
+            task,
+            cancelled: None,
+        });
+        self.last = Some((response_id, item_id));
+        Ok(())
+    }
+}
+
+struct GenerateJob {
+    llm: Box<dyn Llm>,
+    messages: Vec<crate::llm::ChatMessage>,
+    options: GenerateOptions,
+    chunker: ChunkerOptions,
+    cancel: Arc<AtomicBool>,
+    ctx: Ctx,
+    latency: Arc<Latency>,
+    response_id: ResponseId,
+    rid: String,
+    item_id: String,
+    modalities: Vec<String>,
+}
+
+/// Runs one generation: the LLM on the blocking pool, its text pieces
+/// streamed here into events and clauses.
+async fn generate(job: GenerateJob) -> Generated {
+    let GenerateJob {
+        mut llm,
+        messages,
+        options,
+        chunker,
+        cancel,
+        ctx,
+        latency,
+        response_id,
+        rid,
+        item_id,
+        modalities,
+    } = job;
+    let audio = modalities.iter().any(|m| m == "audio");
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let flag = cancel.clone();
+    let blocking = tokio::task::spawn_blocking(move || {
+        let mut on_text = |piece: &str| tx.send(piece.to_string()).is_ok();
+        let usage = llm.generate(&messages, &options, &flag, &mut on_text);
+        (llm, usage)
+    });
+    let mut chunker = ClauseChunker::new(chunker);
+    let mut text = String::new();
+    let delta_event = if audio {
+        "response.output_audio_transcript.delta"
+    } else {
+        "response.output_text.delta"
+    };
+    let send_clause = |clause: String| {
+        let ctx = &ctx;
+        let item_id = item_id.clone();
+        async move {
+            ctx.send(DataFrame {
+                t_ms: 0,
+                response_id,
+                payload: Payload::Clause {
+                    item_id,
+                    text: clause,
+                },
+            })
+            .await;
+        }
+    };
+    while let Some(piece) = rx.recv().await {
+        if text.is_empty() {
+            latency.mark(Stage::LlmFirstToken);
+        }
+        text.push_str(&piece);
+        if ctx.is_dead(response_id) {
+            continue;
+        }
+        ctx.events().emit(
+            delta_event,
+            0,
+            json!({"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0, "delta": piece}),
+        );
+        if audio {
+            for clause in chunker.push(&piece) {
+                latency.mark(Stage::FirstClause);
+                send_clause(clause).await;
+            }
+        }
+    }
+    let (llm, usage) = match blocking.await {
+        Ok((llm, usage)) => (Some(llm), usage),
+        // The engine panicked: it cannot be used again.
+        Err(e) => (None, Err(anyhow::anyhow!("the LLM crashed: {e}"))),
+    };
+    if !ctx.is_dead(response_id) && !cancel.load(Ordering::SeqCst) {
+        if audio && let Some(rest) = chunker.finish() {
+            latency.mark(Stage::FirstClause);
+            send_clause(rest).await;
+        }
+        let (input_tokens, output_tokens) = usage
+            .as_ref()
+            .map(|u| (u.input_tokens, u.output_tokens))
+            .unwrap_or((0, 0));
+        ctx.send(DataFrame {
+            t_ms: 0,
+            response_id,
+            payload: Payload::ResponseEnd(Box::new(ResponseSummary {
+                response_id: rid,
+                item_id,
+                transcript: text.trim().to_string(),
+                modalities,
+                input_tokens,
+                output_tokens,
+            })),
+        })
+        .await;
+    }
+    Generated {
+        llm,
+        text: text.trim().to_string(),
+        usage,
+    }
+}
+
+#[async_trait]
+impl Actor for Controller {
+    async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
+        match &frame.payload {
+            Payload::Transcript {
+                text,
+                is_final: false,
+                ..
+            } => {
+                self.partial_words
+                    .extend(text.split_whitespace().map(String::from));
+                let words = self.partial_words.clone();
+                self.judge_barge_in(&words, false, ctx).await?;
+            }
+            Payload::Transcript {
+                item_id,
+                text,
+                is_final: true,
+            } => {
+                self.partial_words.clear();
+                let (item_id, text) = (item_id.clone(), text.clone());
+                self.latency.mark(Stage::AsrFinal);
+                self.on_user_final(&item_id, &text, ctx).await?;
+            }
+            _ => {
+                if frame.response_id == INPUT {
+                    ctx.send(frame).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_system(&mut self, frame: &SystemFrame, ctx: &Ctx) -> Result<()> {
+        match &frame.kind {
+            SystemKind::SpeechStarted { .. } => {
+                self.partial_words.clear();
+                if self.params.interrupt_response
+                    && self.barge_in.is_none()
+                    && let Some((response_id, item_id)) = self.talking()
+                {
+                    ctx.raise(frame.t_ms, SystemKind::PauseOutput { response_id });
+                    self.barge_in = Some(BargeIn {
+                        response_id,
+                        item_id,
+                    });
+                }
+            }
+            SystemKind::SpeechStopped { item_id, .. } => {
+                ctx.events().emit(
+                    "input_audio_buffer.committed",
+                    frame.t_ms,
+                    json!({"previous_item_id": self.conversation.items().last().map(|i| i.id.clone()), "item_id": item_id}),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_end(&mut self, ctx: &Ctx) -> Result<()> {
+        if let Some(b) = self.barge_in.take() {
+            ctx.raise(0, SystemKind::ResumeOutput { response_id: b.response_id });
+        }
+        self.settle(ctx).await
+    }
+}

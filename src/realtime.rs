@@ -1,0 +1,76 @@
+//! JSON shapes of the OpenAI Realtime API objects that several stages put in
+//! their events (responses, assistant items, usage), so every stage and the
+//! server speak the same shapes.
+
+use serde_json::{Value, json};
+
+use crate::graph::ResponseId;
+
+/// The Realtime API id of a response.
+pub fn response_id(id: ResponseId) -> String {
+    format!("resp_{id:06}")
+}
+
+/// The id of the assistant item a response creates.
+pub fn assistant_item_id(id: ResponseId) -> String {
+    format!("item_resp_{id:06}")
+}
+
+/// Content type of an assistant item: spoken or written.
+pub fn content_type(modalities: &[String]) -> &'static str {
+    if modalities.iter().any(|m| m == "audio") {
+        "output_audio"
+    } else {
+        "output_text"
+    }
+}
+
+/// An assistant message item.
+pub fn assistant_item(item_id: &str, status: &str, modalities: &[String], text: &str) -> Value {
+    let content = if text.is_empty() && status == "in_progress" {
+        json!([])
+    } else if content_type(modalities) == "output_audio" {
+        json!([{"type": "output_audio", "transcript": text}])
+    } else {
+        json!([{"type": "output_text", "text": text}])
+    };
+    json!({
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    })
+}
+
+/// A response object for `response.created` / `response.done`.
+/// `status_details` is e.g. `{"type": "cancelled", "reason": "turn_detected"}`.
+pub fn response_object(
+    response_id: &str,
+    status: &str,
+    status_details: Value,
+    output: Vec<Value>,
+    modalities: &[String],
+    usage: Option<(usize, usize)>,
+) -> Value {
+    let usage = match usage {
+        Some((input, output)) => json!({
+            "total_tokens": input + output,
+            "input_tokens": input,
+            "output_tokens": output,
+            "input_token_details": {"text_tokens": input, "audio_tokens": 0, "cached_tokens": 0},
+            "output_token_details": {"text_tokens": output, "audio_tokens": 0},
+        }),
+        None => Value::Null,
+    };
+    json!({
+        "id": response_id,
+        "object": "realtime.response",
+        "status": status,
+        "status_details": status_details,
+        "output": output,
+        "output_modalities": modalities,
+        "usage": usage,
+    })
+}

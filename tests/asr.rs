@@ -1,0 +1,125 @@
+//! Streaming ASR through the graph on real speech: word error rate of the
+//! finals over the ten pocketsphinx-testdata clips, live partials that arrive
+//! within 1 s of speech start and are never retracted, and input at 8, 24 and
+//! 44.1 kHz.
+
+mod common;
+
+use std::path::Path;
+
+use duplex::asr::wer::{WerTally, edit_distance, normalize};
+use duplex::audio::{Pcm, decode_file, resample};
+use duplex::graph::{Event, Pipeline};
+use duplex::runner::{Pace, run_pcm};
+
+fn asr_pipeline() -> Pipeline {
+    Pipeline::load(Path::new("pipelines/asr.toml")).unwrap()
+}
+
+async fn transcribe(pipeline: &Pipeline, pcm: &Pcm, pace: Pace) -> Vec<Event> {
+    let events = run_pcm(pipeline, &common::resources(), pcm, pace, |_| Ok(()))
+        .await
+        .unwrap();
+    let errors: Vec<_> = events.iter().filter(|e| e["type"] == "error").collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    events
+}
+
+fn finals(events: &[Event]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.input_audio_transcription.completed")
+        .map(|e| e["transcript"].as_str().unwrap_or_default().trim().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_transcripts_have_at_most_15_percent_word_errors() {
+    let pipeline = asr_pipeline();
+    let mut tally = WerTally::default();
+    for (clip, reference) in common::speech_with_transcripts() {
+        let pcm = common::pad(&decode_file(&clip).unwrap(), 1000);
+        let events = transcribe(&pipeline, &pcm, Pace::default()).await;
+        let hypothesis = finals(&events);
+        let wer = tally.add(&reference, &hypothesis);
+        println!(
+            "{:>5.1}%  {}\n        ref: {reference}\n        hyp: {hypothesis}",
+            wer * 100.0,
+            clip.file_name().unwrap().to_string_lossy()
+        );
+    }
+    println!(
+        "WER over 10 clips: {:.1}% ({} errors / {} words)",
+        tally.rate() * 100.0,
+        tally.errors,
+        tally.words
+    );
+    assert!(tally.rate() <= 0.15, "WER {:.1}% > 15%", tally.rate() * 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partials_arrive_within_a_second_and_are_never_retracted() {
+    let pipeline = asr_pipeline();
+    let pace = Pace {
+        chunk_ms: 20,
+        realtime: true,
+    };
+    for (clip, _) in common::speech_with_transcripts() {
+        let name = clip.file_name().unwrap().to_string_lossy().to_string();
+        let pcm = common::pad(&decode_file(&clip).unwrap(), 500);
+        let events = transcribe(&pipeline, &pcm, pace).await;
+        let started = events
+            .iter()
+            .find(|e| e["type"] == "input_audio_buffer.speech_started")
+            .unwrap_or_else(|| panic!("{name}: no speech detected"));
+        let detected_ms = started["t_ms"].as_u64().unwrap();
+        let deltas: Vec<&Event> = events
+            .iter()
+            .filter(|e| e["type"] == "conversation.item.input_audio_transcription.delta")
+            .collect();
+        assert!(!deltas.is_empty(), "{name}: no partials");
+        let first_ms = deltas[0]["t_ms"].as_u64().unwrap();
+        let committed: String = deltas.iter().map(|e| e["delta"].as_str().unwrap()).collect();
+        let final_text = finals(&events);
+        println!(
+            "{name}: speech at {detected_ms} ms, first partial at {first_ms} ms (+{} ms), {} partials\n    committed: {committed}\n    final:     {final_text}",
+            first_ms - detected_ms,
+            deltas.len()
+        );
+        assert!(
+            first_ms <= detected_ms + 1000,
+            "{name}: first partial {} ms after speech start",
+            first_ms - detected_ms
+        );
+        // Deltas only ever append; and what they committed is what the final
+        // says too: the committed words are (nearly) the final's first words.
+        let committed_words = normalize(&committed);
+        let final_words = normalize(&final_text);
+        let head = &final_words[..committed_words.len().min(final_words.len())];
+        let differing = edit_distance(&committed_words, head);
+        assert!(
+            differing * 5 <= committed_words.len().max(1),
+            "{name}: committed partials \"{committed}\" disagree with the final \"{final_text}\""
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telephone_and_other_input_rates_transcribe_as_well() {
+    let pipeline = asr_pipeline();
+    let (clip, reference) = common::speech_with_transcripts().remove(0);
+    let original = common::pad(&decode_file(&clip).unwrap(), 1000);
+    for rate in [8_000, 24_000, 44_100] {
+        let pcm = Pcm {
+            samples: resample(&original.samples, original.sample_rate, rate).unwrap(),
+            sample_rate: rate,
+        };
+        let events = transcribe(&pipeline, &pcm, Pace::default()).await;
+        let mut tally = WerTally::default();
+        let hypothesis = finals(&events);
+        let wer = tally.add(&reference, &hypothesis);
+        println!("{rate} Hz: WER {:.1}%: {hypothesis}", wer * 100.0);
+        assert!(wer <= 0.15, "{rate} Hz: WER {:.1}%: {hypothesis}", wer * 100.0);
+    }
+}
