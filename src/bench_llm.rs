@@ -520,7 +520,13 @@ pub fn print(report: &Report) {
     );
     println!(
         "  {:<28} {:>14} {:>14} {:>12} {:>12} {:>14} {:>10}",
-        "", "TTFT cold ms", "TTFT warm ms", "tok/s cold", "tok/s warm", "prefill tok/s", "prefilled"
+        "",
+        "TTFT cold ms",
+        "TTFT warm ms",
+        "tok/s cold",
+        "tok/s warm",
+        "prefill tok/s",
+        "prefilled"
     );
     let row = |name: &str, r: &EngineResult| {
         println!(

@@ -50,7 +50,10 @@ pub struct Waterfall {
 
 impl Waterfall {
     pub fn get(&self, stage: Stage) -> Option<u64> {
-        self.stages.iter().find(|(s, _)| *s == stage).map(|(_, ms)| *ms)
+        self.stages
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, ms)| *ms)
     }
 
     pub fn to_json(&self) -> serde_json::Value {

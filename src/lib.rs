@@ -15,4 +15,5 @@ pub mod onnx;
 pub mod orchestrator;
 pub mod realtime;
 pub mod runner;
+pub mod server;
 pub mod tts;

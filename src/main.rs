@@ -24,6 +24,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI Realtime API over WebSocket (ws://ADDR/v1/realtime)
+    /// and the browser client (http://ADDR/), one pipeline per session.
+    Serve {
+        /// Pipeline config (TOML) every session runs.
+        #[arg(long, default_value = "pipelines/voice.toml")]
+        pipeline: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Require this API key (bearer token or the browser subprotocol
+        /// `openai-insecure-api-key.<key>`).
+        #[arg(long, env = "DUPLEX_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Most concurrent sessions; more are refused with 429.
+        #[arg(long, default_value_t = 32)]
+        max_sessions: usize,
+        /// Close a session after this many seconds without a client event.
+        #[arg(long, default_value_t = 300)]
+        idle_timeout_s: u64,
+    },
     /// Stream an audio file through a pipeline and write every event it emits
     /// as one JSON object per line (exactly what a socket client would see).
     Run {
@@ -118,6 +138,33 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<()> {
     match command {
+        Command::Serve {
+            pipeline,
+            addr,
+            api_key,
+            max_sessions,
+            idle_timeout_s,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let resources = Resources::new(ModelStore::from_env());
+            let config = duplex::server::ServerConfig {
+                api_key,
+                max_sessions,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
+                ..Default::default()
+            };
+            tracing::info!(pipeline = %pipeline.source.display(), "loading models");
+            let app = tokio::task::spawn_blocking(move || {
+                duplex::server::App::new(pipeline, resources, config)
+            })
+            .await
+            .context("model loading task failed")??;
+            duplex::server::serve(app, addr, async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down (Ctrl-C)");
+            })
+            .await
+        }
         Command::Run {
             pipeline,
             input,

@@ -74,3 +74,54 @@ pub fn response_object(
         "usage": usage,
     })
 }
+
+/// Server VAD settings (`turn_detection` of type `server_vad`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnDetection {
+    pub threshold: f32,
+    pub prefix_padding_ms: u64,
+    pub silence_duration_ms: u64,
+    /// Answer each turn automatically.
+    pub create_response: bool,
+    /// Let the user barge in on the bot.
+    pub interrupt_response: bool,
+}
+
+impl Default for TurnDetection {
+    fn default() -> Self {
+        TurnDetection {
+            threshold: 0.5,
+            prefix_padding_ms: 300,
+            silence_duration_ms: 500,
+            create_response: true,
+            interrupt_response: true,
+        }
+    }
+}
+
+/// A function the model may call (`tools` in session.update).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+/// What a session.update can change in the stages of a running session.
+/// `None` fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionSettings {
+    pub instructions: Option<String>,
+    /// `["audio"]` or `["text"]`.
+    pub output_modalities: Option<Vec<String>>,
+    /// `Some(None)`: turn detection off (the client commits turns itself).
+    pub turn_detection: Option<Option<TurnDetection>>,
+    pub max_output_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub tools: Option<Vec<Tool>>,
+    /// "auto", "none", "required" or a function name.
+    pub tool_choice: Option<String>,
+    /// Transcribe the user's audio (`input_audio_transcription` set).
+    pub transcription: Option<bool>,
+}

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::audio::Pcm;
-use crate::graph::{AudioChunk, DataFrame, Event, INPUT, Pipeline, Resources, SessionGraph, SessionShared};
+use crate::graph::{
+    AudioChunk, DataFrame, Event, INPUT, Pipeline, Resources, SessionGraph, SessionShared,
+};
 
 /// How to feed the input.
 #[derive(Debug, Clone, Copy)]

@@ -29,7 +29,13 @@ fn finals(events: &[Event]) -> String {
     events
         .iter()
         .filter(|e| e["type"] == "conversation.item.input_audio_transcription.completed")
-        .map(|e| e["transcript"].as_str().unwrap_or_default().trim().to_string())
+        .map(|e| {
+            e["transcript"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -55,7 +61,11 @@ async fn final_transcripts_have_at_most_15_percent_word_errors() {
         tally.errors,
         tally.words
     );
-    assert!(tally.rate() <= 0.15, "WER {:.1}% > 15%", tally.rate() * 100.0);
+    assert!(
+        tally.rate() <= 0.15,
+        "WER {:.1}% > 15%",
+        tally.rate() * 100.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +90,10 @@ async fn partials_arrive_within_a_second_and_are_never_retracted() {
             .collect();
         assert!(!deltas.is_empty(), "{name}: no partials");
         let first_ms = deltas[0]["t_ms"].as_u64().unwrap();
-        let committed: String = deltas.iter().map(|e| e["delta"].as_str().unwrap()).collect();
+        let committed: String = deltas
+            .iter()
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
         let final_text = finals(&events);
         println!(
             "{name}: speech at {detected_ms} ms, first partial at {first_ms} ms (+{} ms), {} partials\n    committed: {committed}\n    final:     {final_text}",
@@ -120,6 +133,10 @@ async fn telephone_and_other_input_rates_transcribe_as_well() {
         let hypothesis = finals(&events);
         let wer = tally.add(&reference, &hypothesis);
         println!("{rate} Hz: WER {:.1}%: {hypothesis}", wer * 100.0);
-        assert!(wer <= 0.15, "{rate} Hz: WER {:.1}%: {hypothesis}", wer * 100.0);
+        assert!(
+            wer <= 0.15,
+            "{rate} Hz: WER {:.1}%: {hypothesis}",
+            wer * 100.0
+        );
     }
 }

@@ -308,7 +308,15 @@ async fn an_interrupt_reaches_the_last_stage_while_an_earlier_one_is_busy() {
     session.finish().await;
     // The busy stage saw the interrupt once, though it came two ways.
     let busy = busy_log.lock().unwrap().clone();
-    assert_eq!(busy.iter().filter(|l| l.starts_with("Interrupt")).count(), 1, "{busy:?}");
+    assert_eq!(
+        busy.iter().filter(|l| l.starts_with("Interrupt")).count(),
+        1,
+        "{busy:?}"
+    );
     let sink = sink_log.lock().unwrap().clone();
-    assert_eq!(sink.iter().filter(|l| l.starts_with("Interrupt")).count(), 1, "{sink:?}");
+    assert_eq!(
+        sink.iter().filter(|l| l.starts_with("Interrupt")).count(),
+        1,
+        "{sink:?}"
+    );
 }

@@ -97,7 +97,10 @@ fn greedy_answer_is_english_and_deterministic_across_sessions() {
     assert_eq!(a, b, "greedy output differs between two sessions");
     assert_eq!(usage.output_tokens, usage_b.output_tokens);
     assert_eq!(usage.input_tokens, m.prompt_tokens(&conv).unwrap().len());
-    assert_eq!(usage.prefilled_tokens, usage.input_tokens, "fresh session prefills all");
+    assert_eq!(
+        usage.prefilled_tokens, usage.input_tokens,
+        "fresh session prefills all"
+    );
     assert!(usage.output_tokens > 0 && usage.output_tokens <= 64);
     assert!(pieces.len() > 1, "text is streamed piece by piece");
     assert!(usage.time_to_first_token.is_some());
@@ -106,7 +109,12 @@ fn greedy_answer_is_english_and_deterministic_across_sessions() {
     let rendered = m.render_prompt(&conv);
     assert!(rendered.starts_with("<|im_start|>system\nYou are a helpful assistant."));
     assert!(rendered.ends_with("<|im_end|>\n<|im_start|>assistant\n"));
-    assert_eq!(m.detokenize(&m.prompt_tokens(&conv).unwrap()), rendered.replace("<|im_start|>", "").replace("<|im_end|>", ""));
+    assert_eq!(
+        m.detokenize(&m.prompt_tokens(&conv).unwrap()),
+        rendered
+            .replace("<|im_start|>", "")
+            .replace("<|im_end|>", "")
+    );
 }
 
 #[test]
@@ -128,19 +136,29 @@ fn second_turn_prefills_only_new_tokens_and_matches_a_fresh_session() {
     let (reply1, _, u1) = run(&mut s, &turn1, &opts);
     let p1 = m.prompt_tokens(&turn1).unwrap();
     let fed = expected_cache(&p1, &reply1, &u1, opts.max_tokens);
-    assert_eq!(s.cached_tokens(), fed.as_slice(), "cache = prompt + fed reply tokens");
+    assert_eq!(
+        s.cached_tokens(),
+        fed.as_slice(),
+        "cache = prompt + fed reply tokens"
+    );
 
     let mut turn2 = turn1.clone();
     turn2.push(assistant(&reply1));
     turn2.push(user("And what is the capital of Germany?"));
     let p2 = m.prompt_tokens(&turn2).unwrap();
     let new_tokens = p2.len() - common_prefix(&fed, &p2);
-    assert!(new_tokens < 30, "turn 2 adds a short message, got {new_tokens} new tokens");
+    assert!(
+        new_tokens < 30,
+        "turn 2 adds a short message, got {new_tokens} new tokens"
+    );
 
     let (reply2, _, u2) = run(&mut s, &turn2, &opts);
     eprintln!("turn 1: {reply1:?}\nturn 2: {reply2:?} ({u2:?})");
     assert_eq!(u2.input_tokens, p2.len());
-    assert_eq!(u2.prefilled_tokens, new_tokens, "only the new tokens are computed");
+    assert_eq!(
+        u2.prefilled_tokens, new_tokens,
+        "only the new tokens are computed"
+    );
 
     let (fresh2, _, f2) = run(&mut m.session(), &turn2, &opts);
     assert_eq!(f2.prefilled_tokens, p2.len());
@@ -189,8 +207,15 @@ fn edited_history_rebuilds_from_the_first_changed_token() {
     let (out, _, ue) = run(&mut s, &edited, &opts);
     let (fresh, _, _) = run(&mut m.session(), &edited, &opts);
     eprintln!("edited: {out:?} ({ue:?})");
-    assert_eq!(ue.prefilled_tokens, pe.len() - lcp, "prefill starts at the first changed token");
-    assert_eq!(out, fresh, "edited history: cached and fresh sessions disagree");
+    assert_eq!(
+        ue.prefilled_tokens,
+        pe.len() - lcp,
+        "prefill starts at the first changed token"
+    );
+    assert_eq!(
+        out, fresh,
+        "edited history: cached and fresh sessions disagree"
+    );
 
     // A deleted item: drop the whole first exchange.
     let fed_e = expected_cache(&pe, &out, &ue, opts.max_tokens);
@@ -205,7 +230,10 @@ fn edited_history_rebuilds_from_the_first_changed_token() {
 #[test]
 fn cancel_from_the_callback_stops_within_one_token() {
     let m = model();
-    let conv = [sys(SYSTEM), user("Write a long story about a dragon and a knight.")];
+    let conv = [
+        sys(SYSTEM),
+        user("Write a long story about a dragon and a knight."),
+    ];
     let cancel = AtomicBool::new(false);
     let mut pieces = 0usize;
     let mut s = m.session();
@@ -243,7 +271,9 @@ fn cancel_from_the_callback_stops_within_one_token() {
     // Raised before the call: nothing is generated.
     let raised = AtomicBool::new(true);
     let usage = s
-        .generate(&conv, &greedy(200), &raised, &mut |_| panic!("no text expected"))
+        .generate(&conv, &greedy(200), &raised, &mut |_| {
+            panic!("no text expected")
+        })
         .unwrap();
     assert!(usage.cancelled);
     assert_eq!(usage.output_tokens, 0);
@@ -291,7 +321,9 @@ fn temperature_sampling_is_seeded() {
     let (a, _, _) = run(&mut m.session(), &conv, &opts(7));
     let (b, _, _) = run(&mut m.session(), &conv, &opts(7));
     assert_eq!(a, b, "same seed, same text");
-    let others: Vec<String> = (8..11).map(|s| run(&mut m.session(), &conv, &opts(s)).0).collect();
+    let others: Vec<String> = (8..11)
+        .map(|s| run(&mut m.session(), &conv, &opts(s)).0)
+        .collect();
     assert!(others.iter().any(|o| *o != a), "seeds change the sample");
 }
 
@@ -371,7 +403,9 @@ fn temp_dir(tag: &str) -> PathBuf {
 #[test]
 fn corrupt_or_missing_gguf_names_the_install_command() {
     let dir = temp_dir("corrupt");
-    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
 
     // A store whose smollm2 stamp is valid but whose GGUF is garbage.
     let store = ModelStore::new(dir.join("store"));
@@ -379,31 +413,61 @@ fn corrupt_or_missing_gguf_names_the_install_command() {
     std::fs::create_dir_all(&pkg).unwrap();
     let gguf = pkg.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     std::fs::write(&gguf, &garbage).unwrap();
-    let real = ModelStore::from_env().read_stamp("smollm2").unwrap().expect("smollm2 installed");
+    let real = ModelStore::from_env()
+        .read_stamp("smollm2")
+        .unwrap()
+        .expect("smollm2 installed");
     let stamp = Stamp {
-        files: [("SmolLM2-135M-Instruct.Q4_1.gguf".to_string(), garbage.len() as u64)].into(),
+        files: [(
+            "SmolLM2-135M-Instruct.Q4_1.gguf".to_string(),
+            garbage.len() as u64,
+        )]
+        .into(),
         ..real
     };
-    std::fs::write(store.stamp_path("smollm2"), serde_json::to_string(&stamp).unwrap()).unwrap();
+    std::fs::write(
+        store.stamp_path("smollm2"),
+        serde_json::to_string(&stamp).unwrap(),
+    )
+    .unwrap();
     let err = format!("{:#}", LocalModel::load(&store).unwrap_err());
-    assert!(err.contains("duplex models install --force smollm2"), "{err}");
+    assert!(
+        err.contains("duplex models install --force smollm2"),
+        "{err}"
+    );
 
     // A GGUF cut short: the header parses, the tensors do not.
-    let original = ModelStore::from_env().file("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
+    let original = ModelStore::from_env()
+        .file("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .unwrap();
     let head = std::fs::read(&original).unwrap()[..4_000_000].to_vec();
     std::fs::write(&gguf, &head).unwrap();
     let stamp = Stamp {
-        files: [("SmolLM2-135M-Instruct.Q4_1.gguf".to_string(), head.len() as u64)].into(),
+        files: [(
+            "SmolLM2-135M-Instruct.Q4_1.gguf".to_string(),
+            head.len() as u64,
+        )]
+        .into(),
         ..stamp
     };
-    std::fs::write(store.stamp_path("smollm2"), serde_json::to_string(&stamp).unwrap()).unwrap();
+    std::fs::write(
+        store.stamp_path("smollm2"),
+        serde_json::to_string(&stamp).unwrap(),
+    )
+    .unwrap();
     let err = format!("{:#}", LocalModel::load(&store).unwrap_err());
-    assert!(err.contains("duplex models install --force smollm2"), "{err}");
+    assert!(
+        err.contains("duplex models install --force smollm2"),
+        "{err}"
+    );
 
     // Garbage given directly as a path.
     let loose = dir.join("garbage.gguf");
     std::fs::write(&loose, &garbage).unwrap();
-    let err = format!("{:#}", LocalModel::load_gguf(&loose, &LoadOptions::default()).unwrap_err());
+    let err = format!(
+        "{:#}",
+        LocalModel::load_gguf(&loose, &LoadOptions::default()).unwrap_err()
+    );
     assert!(err.contains("duplex models install"), "{err}");
 
     // Not installed at all.
@@ -422,8 +486,14 @@ fn other_architectures_are_refused_clearly() {
     let arch = Value::String("gptneox".into());
     gguf_file::write(&mut f, &[("general.architecture", &arch)], &[]).unwrap();
     drop(f);
-    let err = format!("{:#}", LocalModel::load_gguf(&path, &LoadOptions::default()).unwrap_err());
-    assert!(err.contains("architecture `gptneox` is not supported"), "{err}");
+    let err = format!(
+        "{:#}",
+        LocalModel::load_gguf(&path, &LoadOptions::default()).unwrap_err()
+    );
+    assert!(
+        err.contains("architecture `gptneox` is not supported"),
+        "{err}"
+    );
     assert!(err.contains("llama"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

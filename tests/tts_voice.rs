@@ -57,5 +57,9 @@ fn synthesized_speech_is_transcribed_back() {
         tally.words,
         tts_secs / audio_secs
     );
-    assert!(tally.rate() <= 0.10, "WER {:.1}% over 10 %", tally.rate() * 100.0);
+    assert!(
+        tally.rate() <= 0.10,
+        "WER {:.1}% over 10 %",
+        tally.rate() * 100.0
+    );
 }

@@ -4,8 +4,8 @@
 //! abort, the install-time conversion, short and silent input.
 //!
 //! Run with `cargo test --release --test whisper_backend -- --nocapture` to
-//! see hypotheses and timings; `-- --ignored --nocapture` adds the sweep
-//! over encoder-window settings.
+//! see hypotheses and timings. The sweep over encoder-window settings is
+//! `cargo test --release --lib sweep_audio_ctx -- --ignored --nocapture`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +34,7 @@ fn model() -> Arc<WhisperModel> {
     MODEL
         .get_or_init(|| {
             let t0 = Instant::now();
-            let m = WhisperModel::load(&ModelStore::from_env())
-                .unwrap_or_else(|e| panic!("{e:#}"));
+            let m = WhisperModel::load(&ModelStore::from_env()).unwrap_or_else(|e| panic!("{e:#}"));
             eprintln!("model loaded in {:.0} ms", ms(t0.elapsed()));
             Arc::new(m)
         })
@@ -56,8 +55,12 @@ struct Clip {
 
 /// Reads a pocketsphinx `transcription` file: `<s> words </s> (id)` lines.
 fn transcripts(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (apt-get install pocketsphinx-testdata)", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (apt-get install pocketsphinx-testdata)",
+            path.display()
+        )
+    });
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -119,7 +122,12 @@ struct Pass {
     worst_ms: f64,
 }
 
-fn run_pass(session: &mut WhisperSession, clips: &[Clip], opts: &DecodeOptions, verbose: bool) -> Pass {
+fn run_pass(
+    session: &mut WhisperSession,
+    clips: &[Clip],
+    opts: &DecodeOptions,
+    verbose: bool,
+) -> Pass {
     let mut pass = Pass {
         librivox: WerTally::default(),
         cards: WerTally::default(),
@@ -162,7 +170,9 @@ fn word_error_rate_on_real_speech_is_at_most_15_percent() {
     let mut session = model.session().expect("session");
     let clips = all_clips();
     // Warm up (first call allocates whisper.cpp's compute buffers).
-    session.transcribe(&clips[0].audio, &opts()).expect("warm-up");
+    session
+        .transcribe(&clips[0].audio, &opts())
+        .expect("warm-up");
 
     let pass = run_pass(&mut session, &clips, &opts(), true);
     eprintln!(
@@ -177,8 +187,16 @@ fn word_error_rate_on_real_speech_is_at_most_15_percent() {
         pass.seconds,
         clips.len()
     );
-    assert!(pass.total.rate() <= 0.15, "total WER {:.1}%", pass.total.rate() * 100.0);
-    assert!(pass.librivox.rate() <= 0.15, "librivox WER {:.1}%", pass.librivox.rate() * 100.0);
+    assert!(
+        pass.total.rate() <= 0.15,
+        "total WER {:.1}%",
+        pass.total.rate() * 100.0
+    );
+    assert!(
+        pass.librivox.rate() <= 0.15,
+        "librivox WER {:.1}%",
+        pass.librivox.rate() * 100.0
+    );
 }
 
 #[test]
@@ -254,12 +272,24 @@ fn abort_stops_a_long_transcription_early() {
     // A flag already set aborts at once; cleared, the session works again.
     let t0 = Instant::now();
     let e = session
-        .transcribe(&long, &DecodeOptions { abort: Some(flag.clone()), ..opts() })
+        .transcribe(
+            &long,
+            &DecodeOptions {
+                abort: Some(flag.clone()),
+                ..opts()
+            },
+        )
         .expect_err("pre-set flag");
     assert!(is_aborted(&e) && t0.elapsed() < Duration::from_millis(5));
     flag.store(false, Ordering::SeqCst);
     let again = session
-        .transcribe(&long, &DecodeOptions { abort: Some(flag), ..opts() })
+        .transcribe(
+            &long,
+            &DecodeOptions {
+                abort: Some(flag),
+                ..opts()
+            },
+        )
         .expect("after clearing the flag");
     assert_eq!(again, full);
 }
@@ -281,7 +311,11 @@ fn short_silent_and_empty_audio() {
     let card = &load_set("cards", CARDS, "cards.transcription")[0];
     let short = &card.audio[..card.audio.len().min(14_400)];
     let text = session.transcribe(short, &opts()).expect("short");
-    eprintln!("{:.2} s of {:?}: {text:?}", short.len() as f64 / 16_000.0, card.reference);
+    eprintln!(
+        "{:.2} s of {:?}: {text:?}",
+        short.len() as f64 / 16_000.0,
+        card.reference
+    );
 }
 
 #[test]
@@ -306,7 +340,14 @@ fn install_conversion_output_is_a_whole_ggml_file() {
         let info = ggml::inspect_ggml(&out).expect("inspect");
         assert_eq!(info.tensors.len(), 167);
         assert_eq!(info.tensors.len(), info.hparams.expected_tensors());
-        assert_eq!((info.hparams.n_vocab, info.hparams.n_mels, info.hparams.ftype), (51864, 80, 1));
+        assert_eq!(
+            (
+                info.hparams.n_vocab,
+                info.hparams.n_mels,
+                info.hparams.ftype
+            ),
+            (51864, 80, 1)
+        );
         assert_eq!(info.vocab.len(), 50256);
         // Deterministic: the install produced the very same bytes.
         let a = std::fs::read(&out).expect("read");
@@ -323,61 +364,5 @@ fn install_conversion_output_is_a_whole_ggml_file() {
     let _ = std::fs::remove_dir_all(&tmp);
     if let Err(p) = result {
         std::panic::resume_unwind(p);
-    }
-}
-
-/// Speed/accuracy over encoder-window settings (floor, margin), greedy vs
-/// beam, fallback on/off. Prints a table; asserts nothing.
-#[test]
-#[ignore = "measurement: cargo test --release --test whisper_backend -- --ignored --nocapture"]
-fn sweep_audio_ctx_settings() {
-    let _guard = exclusive();
-    let model = model();
-    let clips = all_clips();
-    let mut configs: Vec<(String, DecodeOptions)> = Vec::new();
-    let base = opts();
-    for floor in [0usize, 256, 320, 384, 448, 512, 1500] {
-        for margin in [0usize, 16, 32, 64] {
-            if floor == 1500 && margin > 0 {
-                continue;
-            }
-            configs.push((
-                format!("floor {floor:4} margin {margin:2} greedy"),
-                DecodeOptions { audio_ctx_floor: floor, audio_ctx_margin: margin, ..base.clone() },
-            ));
-        }
-    }
-    for floor in [0usize, 384, 512] {
-        configs.push((
-            format!("floor {floor:4} margin 32 greedy no-fallback"),
-            DecodeOptions { audio_ctx_floor: floor, temperature_fallback: false, ..base.clone() },
-        ));
-        configs.push((
-            format!("floor {floor:4} margin 32 beam 5"),
-            DecodeOptions { audio_ctx_floor: floor, beam: Some(5), ..base.clone() },
-        ));
-    }
-    for (label, o) in &configs {
-        let mut session = model.session().expect("session");
-        session.transcribe(&clips[0].audio, o).expect("warm-up");
-        let p = run_pass(&mut session, &clips, o, false);
-        // Again on the same session in reverse order: order effects.
-        let rev: Vec<Clip> = clips
-            .iter()
-            .rev()
-            .map(|c| Clip { set: c.set, name: c.name.clone(), audio: c.audio.clone(), reference: c.reference.clone() })
-            .collect();
-        let q = run_pass(&mut session, &rev, o, false);
-        eprintln!(
-            "{label:<40} librivox {:2}/{} cards {:2}/{} (reversed: {:2} {:2}) avg {:4.0} ms worst {:5.0} ms",
-            p.librivox.errors,
-            p.librivox.words,
-            p.cards.errors,
-            p.cards.words,
-            q.librivox.errors,
-            q.cards.errors,
-            p.seconds * 1000.0 / clips.len() as f64,
-            p.worst_ms.max(q.worst_ms),
-        );
     }
 }

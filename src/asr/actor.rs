@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::agreement::LocalAgreement;
 use super::{ASR_RATE, StreamingAsr, arm};
-use crate::graph::{Actor, Ctx, DataFrame, INPUT, Payload, SystemFrame, SystemKind};
+use crate::graph::{Actor, Control, Ctx, DataFrame, INPUT, Payload, SystemFrame, SystemKind};
 
 /// Audio kept from before speech starts, to cover the VAD's prefix padding.
 const RECENT_MS: u64 = 2_000;
@@ -100,7 +100,9 @@ impl AsrActor {
     fn start_utterance(&mut self, item_id: String, audio_start_ms: u64) {
         let start = samples(audio_start_ms);
         let recent_start = self.clock - self.recent.len() as u64;
-        let from = start.saturating_sub(recent_start).min(self.recent.len() as u64) as usize;
+        let from = start
+            .saturating_sub(recent_start)
+            .min(self.recent.len() as u64) as usize;
         let unsent: Vec<f32> = self.recent.iter().skip(from).copied().collect();
         self.recent.clear();
         self.utterance = Some(Utterance {
@@ -111,6 +113,18 @@ impl AsrActor {
             agreement: LocalAgreement::new(),
             stop_at: None,
         });
+    }
+
+    /// Drops the user's unfinished utterance (input_audio_buffer.clear).
+    async fn clear_input(&mut self, ctx: &Ctx) -> Result<()> {
+        self.abort.store(true, Ordering::SeqCst);
+        self.collect(true, ctx).await?;
+        self.utterance = None;
+        self.recent.clear();
+        if let Some(engine) = &mut self.engine {
+            engine.reset();
+        }
+        Ok(())
     }
 
     /// Collects the partial pass in flight: if it has finished, or always
@@ -167,7 +181,9 @@ impl AsrActor {
         if u.stop_at.is_some() || self.pass.is_some() {
             return;
         }
-        if u.last_pass.is_some_and(|at| self.clock < at + self.partial_interval) {
+        if u.last_pass
+            .is_some_and(|at| self.clock < at + self.partial_interval)
+        {
             return;
         }
         let Some(mut engine) = self.engine.take() else {
@@ -195,7 +211,10 @@ impl AsrActor {
         self.abort.store(true, Ordering::SeqCst);
         self.collect(true, ctx).await?;
         let mut u = self.utterance.take().context("no utterance")?;
-        let mut engine = self.engine.take().context("ASR engine lost after an earlier failure")?;
+        let mut engine = self
+            .engine
+            .take()
+            .context("ASR engine lost after an earlier failure")?;
         let audio = std::mem::take(&mut u.unsent);
         arm(&self.abort);
         let started = Instant::now();
@@ -235,6 +254,11 @@ impl AsrActor {
 impl Actor for AsrActor {
     async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
         let Payload::Audio(chunk) = &frame.payload else {
+            if let Payload::Control(control) = &frame.payload
+                && **control == Control::ClearInput
+            {
+                self.clear_input(ctx).await?;
+            }
             ctx.send(frame).await;
             return Ok(());
         };

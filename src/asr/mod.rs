@@ -45,8 +45,12 @@ pub trait StreamingAsr: Send + 'static {
 pub trait UtteranceRecognizer: Send + 'static {
     /// Transcribes `audio`. `final_pass` asks for the best result rather
     /// than the fastest; `abort` set means give up now.
-    fn transcribe(&mut self, audio: &[f32], final_pass: bool, abort: &Arc<AtomicBool>)
-    -> Result<String>;
+    fn transcribe(
+        &mut self,
+        audio: &[f32],
+        final_pass: bool,
+        abort: &Arc<AtomicBool>,
+    ) -> Result<String>;
 }
 
 /// Streaming by re-decoding the growing utterance on every pass.

@@ -15,9 +15,10 @@ use ort::value::Tensor;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::graph::{Actor, Ctx, DataFrame, Payload, SystemKind};
+use crate::graph::{Actor, Control, Ctx, DataFrame, Payload, SystemKind};
 use crate::latency::Latency;
 use crate::models::ModelStore;
+use crate::realtime::TurnDetection;
 
 /// Silero's rate, chunk and context sizes (v6, 16 kHz).
 pub const VAD_RATE: u32 = 16_000;
@@ -158,13 +159,19 @@ pub struct VadActor {
     /// Samples already run through the model.
     consumed: u64,
     speaking: bool,
+    /// Turn detection is off: the client commits turns itself.
+    disabled: bool,
     /// Sample where the current run of silence began, while speaking.
     silence_from: Option<u64>,
     segments: u64,
 }
 
 impl VadActor {
-    pub fn new(model: Arc<SileroModel>, params: VadParams, latency: Arc<Latency>) -> Result<VadActor> {
+    pub fn new(
+        model: Arc<SileroModel>,
+        params: VadParams,
+        latency: Arc<Latency>,
+    ) -> Result<VadActor> {
         params.validate()?;
         Ok(VadActor {
             params,
@@ -177,6 +184,7 @@ impl VadActor {
             pending: Vec::new(),
             consumed: 0,
             speaking: false,
+            disabled: false,
             silence_from: None,
             segments: 0,
         })
@@ -264,6 +272,34 @@ impl VadActor {
         );
     }
 
+    /// Applies a session.update's turn detection (`None`: turned off).
+    fn configure(&mut self, turn: Option<&TurnDetection>, t_ms: u64, ctx: &Ctx) -> Result<()> {
+        match turn {
+            None => {
+                if self.speaking {
+                    self.stop(t_ms, t_ms, ctx);
+                }
+                self.disabled = true;
+            }
+            Some(turn) => {
+                let params = VadParams {
+                    threshold: turn.threshold,
+                    prefix_padding_ms: turn.prefix_padding_ms,
+                    silence_duration_ms: turn.silence_duration_ms,
+                };
+                params.validate()?;
+                self.params = params;
+                if self.disabled {
+                    // Start afresh: the audio that went by unexamined is gone.
+                    self.disabled = false;
+                    self.pending.clear();
+                    self.consumed = samples_at(t_ms);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn item_id(&self) -> String {
         format!("item_{:04}", self.segments)
     }
@@ -273,9 +309,23 @@ fn ms(samples: u64) -> u64 {
     samples * 1000 / VAD_RATE as u64
 }
 
+fn samples_at(ms: u64) -> u64 {
+    ms * VAD_RATE as u64 / 1000
+}
+
 #[async_trait]
 impl Actor for VadActor {
     async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
+        if let Payload::Control(control) = &frame.payload
+            && let Control::Configure(settings) = control.as_ref()
+            && let Some(turn_detection) = &settings.turn_detection
+        {
+            self.configure(turn_detection.as_ref(), frame.t_ms, ctx)?;
+        }
+        if self.disabled {
+            ctx.send(frame).await;
+            return Ok(());
+        }
         if let Payload::Audio(chunk) = &frame.payload {
             if chunk.sample_rate != VAD_RATE {
                 bail!(

@@ -29,7 +29,11 @@ pub fn contact_sheet(frames: &[RgbImage], columns: usize) -> RgbImage {
     let rows = frames.len().div_ceil(cols);
     let cw = frames.iter().map(|f| f.width()).max().unwrap_or(1);
     let ch = frames.iter().map(|f| f.height()).max().unwrap_or(1);
-    let mut sheet = RgbImage::from_pixel(cw * cols as u32, ch * rows as u32, image::Rgb([255, 255, 255]));
+    let mut sheet = RgbImage::from_pixel(
+        cw * cols as u32,
+        ch * rows as u32,
+        image::Rgb([255, 255, 255]),
+    );
     for (i, f) in frames.iter().enumerate() {
         let x = (i % cols) as i64 * cw as i64;
         let y = (i / cols) as i64 * ch as i64;

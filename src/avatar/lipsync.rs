@@ -161,7 +161,11 @@ impl LipSync {
     /// mouth keeps easing from where it was). Call [`LipSync::reset`] to
     /// forget everything.
     pub fn flush(&mut self) -> Option<MouthFrame> {
-        let last = if self.count > 0 { Some(self.finish_frame()) } else { None };
+        let last = if self.count > 0 {
+            Some(self.finish_frame())
+        } else {
+            None
+        };
         self.n = 0;
         self.frame = 0;
         self.frame_end = self.boundary(1);
@@ -212,7 +216,11 @@ impl LipSync {
             let x = ((db - (full - c.range_db)) / c.range_db).clamp(0.0, 1.0);
             x * x * (3.0 - 2.0 * x)
         };
-        let tau = if target > self.open { c.attack_ms } else { c.release_ms };
+        let tau = if target > self.open {
+            c.attack_ms
+        } else {
+            c.release_ms
+        };
         self.open += (target - self.open) * (1.0 - (-ms / tau.max(1e-3)).exp());
 
         // Spectral cue: for a sinusoid at f, E[diff^2]/E[x^2] = 2(1 - cos(2 pi f / rate)).
@@ -220,8 +228,9 @@ impl LipSync {
             0.5
         } else {
             let r = (self.sum_diff_sq / self.sum_sq) as f32;
-            let f = (1.0 - r / 2.0).clamp(-1.0, 1.0).acos() * self.rate as f32 / std::f32::consts::TAU;
-            ((f.max(1.0).log2() - 500f32.log2()) / (3000f32.log2() - 500f32.log2())).clamp(0.0, 1.0)
+            let f =
+                (1.0 - r / 2.0).clamp(-1.0, 1.0).acos() * self.rate as f32 / std::f32::consts::TAU;
+            ((f.max(1.0).log2() - 350f32.log2()) / (1800f32.log2() - 350f32.log2())).clamp(0.0, 1.0)
         };
         self.wide += (wide_target - self.wide) * (1.0 - (-ms / c.wide_ms.max(1e-3)).exp());
 
@@ -230,6 +239,10 @@ impl LipSync {
         self.sum_sq = 0.0;
         self.sum_diff_sq = 0.0;
         self.count = 0;
-        MouthFrame { open: self.open, wide: self.wide, rms }
+        MouthFrame {
+            open: self.open,
+            wide: self.wide,
+            rms,
+        }
     }
 }

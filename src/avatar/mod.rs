@@ -38,5 +38,6 @@ mod tests;
 pub use jpeg::{contact_sheet, encode_jpeg, save_png};
 pub use lipsync::{LipSync, LipSyncConfig, MouthFrame};
 pub use render::{
-    AvatarRenderer, AvatarState, DEFAULT_SIZE, Pose, eye_open_measure, eye_openness, mouth_open_measure,
+    AvatarRenderer, AvatarState, DEFAULT_SIZE, Pose, eye_open_measure, eye_openness,
+    mouth_open_measure,
 };

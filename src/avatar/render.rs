@@ -51,7 +51,12 @@ pub struct Pose {
 
 impl Default for Pose {
     fn default() -> Self {
-        Pose { state: AvatarState::Idle, mouth_open: 0.0, mouth_wide: 0.5, t_ms: 0 }
+        Pose {
+            state: AvatarState::Idle,
+            mouth_open: 0.0,
+            mouth_wide: 0.5,
+            t_ms: 0,
+        }
     }
 }
 
@@ -117,7 +122,11 @@ impl AvatarRenderer {
     /// [`DEFAULT_SIZE`]..=[`MAX_SIZE`].
     pub fn new(size: u32) -> Self {
         let size = size.clamp(DEFAULT_SIZE, MAX_SIZE);
-        AvatarRenderer { size, background: background_layer(size), smooth: None }
+        AvatarRenderer {
+            size,
+            background: background_layer(size),
+            smooth: None,
+        }
     }
 
     /// Side of the frames in pixels.
@@ -136,7 +145,15 @@ impl AvatarRenderer {
         let params = frame_params(pose, &dem);
         let mut buf = self.background.clone();
         let n = self.size as usize;
-        draw_face(&mut Canvas { px: &mut buf, w: n, h: n }, &params, self.size as f32);
+        draw_face(
+            &mut Canvas {
+                px: &mut buf,
+                w: n,
+                h: n,
+            },
+            &params,
+            self.size as f32,
+        );
         RgbImage::from_raw(self.size, self.size, buf)
             .unwrap_or_else(|| RgbImage::new(self.size, self.size))
     }
@@ -248,7 +265,11 @@ struct FrameParams {
 }
 
 fn unit(v: f32, default: f32) -> f32 {
-    if v.is_finite() { v.clamp(0.0, 1.0) } else { default }
+    if v.is_finite() {
+        v.clamp(0.0, 1.0)
+    } else {
+        default
+    }
 }
 
 fn wave(t: f64, period_s: f64, phase: f64) -> f32 {
@@ -279,11 +300,11 @@ pub fn eye_openness(t_ms: u64) -> f32 {
     for s in slot.saturating_sub(1)..=slot {
         let h = hash(s ^ 0xB11C);
         let start = s * BLINK_SLOT_MS + 150 + h % 2550;
-        let mut starts = vec![start];
-        if (h >> 20) % 6 == 0 {
-            starts.push(start + 260);
-        }
-        for st in starts {
+        let double = (h >> 20).is_multiple_of(6);
+        for st in [Some(start), double.then_some(start + 260)]
+            .into_iter()
+            .flatten()
+        {
             if t_ms >= st {
                 open = open.min(blink_curve((t_ms - st) as f32));
             }
@@ -315,7 +336,11 @@ fn gaze_wander(t_ms: u64) -> (f32, f32) {
         let gx = ((h & 0xFFFF) as f32 / 65535.0) * 2.0 - 1.0;
         let gy = (((h >> 16) & 0xFFFF) as f32 / 65535.0) * 1.2 - 0.6;
         // One fixation in three looks straight ahead.
-        if (h >> 40) % 3 == 0 { (0.0, 0.0) } else { (gx, gy) }
+        if (h >> 40).is_multiple_of(3) {
+            (0.0, 0.0)
+        } else {
+            (gx, gy)
+        }
     };
     let slot = t_ms / SLOT;
     // Jitter where in the slot the saccade happens.
@@ -326,7 +351,11 @@ fn gaze_wander(t_ms: u64) -> (f32, f32) {
     } else {
         (target(slot.wrapping_sub(2)), target(slot.wrapping_sub(1)))
     };
-    let a = if t_ms >= start { smoothstep((t_ms - start) as f32 / 70.0) } else { 1.0 };
+    let a = if t_ms >= start {
+        smoothstep((t_ms - start) as f32 / 70.0)
+    } else {
+        1.0
+    };
     (from.0 + (to.0 - from.0) * a, from.1 + (to.1 - from.1) * a)
 }
 
@@ -339,14 +368,22 @@ fn frame_params(pose: &Pose, d: &Demeanour) -> FrameParams {
     let sway = d.sway * (0.020 * wave(t, 7.3, 0.3) + 0.008 * wave(t, 3.1, 1.7));
     // Nods: a short dip every 2.6 s.
     let ph = (t % 2.6 / 2.6) as f32;
-    let nod = if ph < 0.32 { (std::f32::consts::PI * ph / 0.32).sin() } else { 0.0 } * d.nod;
+    let nod = if ph < 0.32 {
+        (std::f32::consts::PI * ph / 0.32).sin()
+    } else {
+        0.0
+    } * d.nod;
     // Speaking emphasis: brow flashes and head bobs at irregular moments.
     let emph = {
         let slot = pose.t_ms / 1300;
         let h = hash(slot ^ 0xE3);
         let ph = (pose.t_ms % 1300) as f32 / 1300.0;
-        let on = (h % 3 != 0) as u8 as f32;
-        on * if ph < 0.4 { (std::f32::consts::PI * ph / 0.4).sin() } else { 0.0 }
+        let on = (!h.is_multiple_of(3)) as u8 as f32;
+        on * if ph < 0.4 {
+            (std::f32::consts::PI * ph / 0.4).sin()
+        } else {
+            0.0
+        }
     } * d.lively;
 
     let gw = gaze_wander(pose.t_ms);
@@ -395,7 +432,7 @@ impl Xf {
         }
     }
 
-    fn to_screen(&self, x: f32, y: f32) -> (f32, f32) {
+    fn to_screen(self, x: f32, y: f32) -> (f32, f32) {
         let (x, y) = (x - self.pivot.0, y - self.pivot.1);
         (
             self.origin.0 + self.scale * (self.cos * x - self.sin * y),
@@ -403,10 +440,13 @@ impl Xf {
         )
     }
 
-    fn to_local(&self, sx: f32, sy: f32) -> (f32, f32) {
+    fn to_local(self, sx: f32, sy: f32) -> (f32, f32) {
         let dx = (sx - self.origin.0) / self.scale;
         let dy = (sy - self.origin.1) / self.scale;
-        (self.cos * dx + self.sin * dy + self.pivot.0, -self.sin * dx + self.cos * dy + self.pivot.1)
+        (
+            self.cos * dx + self.sin * dy + self.pivot.0,
+            -self.sin * dx + self.cos * dy + self.pivot.1,
+        )
     }
 }
 
@@ -447,6 +487,9 @@ impl Canvas<'_> {
         let ya = (y0 - pad).floor().max(0.0) as usize;
         let xb = ((x1 + pad).ceil().max(0.0) as usize).min(self.w);
         let yb = ((y1 + pad).ceil().max(0.0) as usize).min(self.h);
+        if xa >= xb || ya >= yb {
+            return;
+        }
         let k = xf.scale / feather;
         // Local step per screen pixel along x.
         let (stx, sty) = (xf.cos / xf.scale, -xf.sin / xf.scale);
@@ -487,7 +530,11 @@ fn circle(x: f32, y: f32, cx: f32, cy: f32, r: f32) -> f32 {
 fn ellipse(x: f32, y: f32, rx: f32, ry: f32) -> f32 {
     let k0 = ((x / rx) * (x / rx) + (y / ry) * (y / ry)).sqrt();
     let k1 = ((x / (rx * rx)) * (x / (rx * rx)) + (y / (ry * ry)) * (y / (ry * ry))).sqrt();
-    if k1 < 1e-12 { -rx.min(ry) } else { k0 * (k0 - 1.0) / k1 }
+    if k1 < 1e-12 {
+        -rx.min(ry)
+    } else {
+        k0 * (k0 - 1.0) / k1
+    }
 }
 
 /// Ellipse with a different vertical radius above (`ry_top`) and below (`ry_bot`) its centre.
@@ -503,7 +550,11 @@ fn capsule_h(x: f32, y: f32, half: f32, r: f32) -> f32 {
 
 fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
     let t = t.clamp(0.0, 1.0);
-    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
+    [
+        a[0] + (b[0] - a[0]) * t,
+        a[1] + (b[1] - a[1]) * t,
+        a[2] + (b[2] - a[2]) * t,
+    ]
 }
 
 /// The static layer: a vertical gradient with a soft light halo behind the head.
@@ -528,7 +579,13 @@ fn background_layer(size: u32) -> Vec<u8> {
 
 fn draw_face(cv: &mut Canvas, p: &FrameParams, size: f32) {
     let body = Xf::new(size, 0.0, (0.0, 0.0), 0.0, p.body_dy);
-    let neck_xf = Xf::new(size, p.tilt * 0.3, PIVOT, p.head_dx * 0.5, (p.body_dy + p.head_dy) * 0.5);
+    let neck_xf = Xf::new(
+        size,
+        p.tilt * 0.3,
+        PIVOT,
+        p.head_dx * 0.5,
+        (p.body_dy + p.head_dy) * 0.5,
+    );
     let head = Xf::new(size, p.tilt, PIVOT, p.head_dx, p.head_dy);
 
     // Neck, with a shadow under the chin.
@@ -668,7 +725,12 @@ fn draw_face(cv: &mut Canvas, p: &FrameParams, size: f32) {
         let ex = s * EYE_DX + fx;
         let ey = EYE_CY + fy + (1.0 - open) * EYE_RY * 0.35;
         let ry = EYE_RY * open;
-        let bb = [ex - EYE_RX - 0.02, ey - EYE_RY - 0.02, ex + EYE_RX + 0.02, ey + EYE_RY + 0.02];
+        let bb = [
+            ex - EYE_RX - 0.02,
+            ey - EYE_RY - 0.02,
+            ex + EYE_RX + 0.02,
+            ey + EYE_RY + 0.02,
+        ];
         // Lash line (thicker on top), which becomes the closed lid when ry -> 0.
         cv.fill(
             &head,
@@ -677,6 +739,8 @@ fn draw_face(cv: &mut Canvas, p: &FrameParams, size: f32) {
             1.0,
             move |x, y| {
                 let (lx, ly) = (x - ex, y - ey);
+                // Closing lids curve down into a soft arc.
+                let ly = ly + 5.0 * (1.0 - open) * lx * lx;
                 ellipse2(lx, ly, EYE_RX + 0.002, ry + 0.0075, ry * 0.97 + 0.003)
             },
             |_, _| EYE_LINE,
@@ -685,7 +749,13 @@ fn draw_face(cv: &mut Canvas, p: &FrameParams, size: f32) {
             continue;
         }
         let eye = move |x: f32, y: f32| ellipse(x - ex, y - ey, EYE_RX, ry);
-        cv.fill(&head, bb, 1.0, 1.0, eye, |_, y| mix(EYE_WHITE, [222.0, 226.0, 236.0], (ey - ry * 0.2 - y) / (ry * 0.8)));
+        cv.fill(&head, bb, 1.0, 1.0, eye, |_, y| {
+            mix(
+                EYE_WHITE,
+                [222.0, 226.0, 236.0],
+                (ey - ry * 0.2 - y) / (ry * 0.8),
+            )
+        });
         let ix = ex + p.gaze.0 * 0.016;
         let iy = EYE_CY + fy + p.gaze.1 * 0.012 + 0.003;
         cv.fill(
@@ -763,7 +833,7 @@ fn draw_face(cv: &mut Canvas, p: &FrameParams, size: f32) {
         [nx - 0.04, ny - 0.03, nx + 0.04, ny + 0.03],
         1.0,
         1.0,
-        move |x, y| capsule_h(x - nx, y - ny - 40.0 * (x - nx).powi(2) * -1.0, 0.014, 0.0045),
+        move |x, y| capsule_h(x - nx, y - ny + 40.0 * (x - nx).powi(2), 0.014, 0.0045),
         |_, _| [222.0, 150.0, 128.0],
     );
 
@@ -776,7 +846,12 @@ fn draw_face(cv: &mut Canvas, p: &FrameParams, size: f32) {
         let u = x - mx;
         (u, y - my + bend * u * u)
     };
-    let bb = [mx - m.w - 0.03, my - m.ht - 0.04, mx + m.w + 0.03, my + m.hb + 0.03];
+    let bb = [
+        mx - m.w - 0.03,
+        my - m.ht - 0.04,
+        mx + m.w + 0.03,
+        my + m.hb + 0.03,
+    ];
     let (w, ht, hb) = (m.w, m.ht, m.hb);
     cv.fill(
         &head,
@@ -853,7 +928,12 @@ fn mouth_geometry(open: f32, wide: f32, smile: f32) -> MouthGeom {
     // area at a given `open` stays about the same.
     let w = 0.056 + 0.026 * wide - 0.006 * open;
     let h = MOUTH_H_MAX * open * (0.0676 / w);
-    MouthGeom { w, ht: 0.28 * h, hb: 0.72 * h, bend: 1.2 + 1.8 * smile - 0.8 * open }
+    MouthGeom {
+        w,
+        ht: 0.28 * h,
+        hb: 0.72 * h,
+        bend: 1.2 + 1.8 * smile - 0.8 * open,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -876,7 +956,11 @@ pub fn mouth_open_measure(img: &RgbImage, size: u32) -> f32 {
         let (r, g, b) = (r as f32, g as f32, b as f32);
         let luma = 0.299 * r + 0.587 * g + 0.114 * b;
         // Dark and reddish: the inside of the mouth (not hair, not pupils).
-        if r >= g && r >= b { ((100.0 - luma) / 40.0).clamp(0.0, 1.0) } else { 0.0 }
+        if r >= g && r >= b {
+            ((100.0 - luma) / 40.0).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
     };
     region_sum(img, s, MOUTH_REGION, weight) / (MOUTH_FULL_AREA * s * s)
 }
@@ -896,9 +980,16 @@ pub fn eye_open_measure(img: &RgbImage, size: u32) -> f32 {
         let lo = r.min(g).min(b) as f32;
         let hi = r.max(g).max(b) as f32;
         // Near-white and near-grey (the skin and the background are not).
-        if hi - lo < 22.0 { ((lo - 205.0) / 30.0).clamp(0.0, 1.0) } else { 0.0 }
+        if hi - lo < 22.0 {
+            ((lo - 205.0) / 30.0).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
     };
-    let total: f32 = EYE_REGIONS.iter().map(|r| region_sum(img, s, *r, weight)).sum();
+    let total: f32 = EYE_REGIONS
+        .iter()
+        .map(|r| region_sum(img, s, *r, weight))
+        .sum();
     total / (EYE_FULL_AREA * s * s)
 }
 

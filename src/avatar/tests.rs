@@ -13,7 +13,12 @@ const FPS: u32 = 25;
 const FRAME: usize = (RATE / FPS) as usize;
 
 fn pose(state: AvatarState, open: f32, t_ms: u64) -> Pose {
-    Pose { state, mouth_open: open, mouth_wide: 0.5, t_ms }
+    Pose {
+        state,
+        mouth_open: open,
+        mouth_wide: 0.5,
+        t_ms,
+    }
 }
 
 /// A deterministic pseudo-random generator (xorshift) for the test signals.
@@ -35,7 +40,13 @@ fn synthetic_speech(seconds: f32) -> Vec<f32> {
     let n = (seconds * RATE as f32) as usize;
     let mut out = vec![0.0f32; n];
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    let vowels = [(300.0, 870.0), (270.0, 2290.0), (730.0, 1090.0), (530.0, 1840.0), (570.0, 840.0)];
+    let vowels = [
+        (300.0, 870.0),
+        (270.0, 2290.0),
+        (730.0, 1090.0),
+        (530.0, 1840.0),
+        (570.0, 840.0),
+    ];
     let mut t0 = 0.05f32;
     let mut syl = 0;
     while t0 < seconds {
@@ -54,7 +65,8 @@ fn synthetic_speech(seconds: f32) -> Vec<f32> {
                 if f > 4000.0 {
                     break;
                 }
-                let g = 1.0 / (1.0 + ((f - f1) / 120.0).powi(2)) + 0.6 / (1.0 + ((f - f2) / 180.0).powi(2));
+                let g = 1.0 / (1.0 + ((f - f1) / 120.0).powi(2))
+                    + 0.6 / (1.0 + ((f - f2) / 180.0).powi(2));
                 v += g * (std::f32::consts::TAU * f * t).sin();
             }
             *s = amp * env * (0.5 * v + 0.08 * (rng.next() - 0.5));
@@ -101,7 +113,12 @@ fn lipsync_in_chunks(audio: &[f32], chunk: usize) -> Vec<MouthFrame> {
 }
 
 fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f32 {
-    let s: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (x as i32 - y as i32).unsigned_abs() as u64).sum();
+    let s: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (x as i32 - y as i32).unsigned_abs() as u64)
+        .sum();
     s as f32 / a.as_raw().len() as f32
 }
 
@@ -115,7 +132,11 @@ fn target_dir() -> std::path::PathBuf {
 fn avatar_renders_are_deterministic() {
     let poses: Vec<Pose> = (0..30)
         .map(|i| Pose {
-            state: [AvatarState::Idle, AvatarState::Listening, AvatarState::Speaking][i / 10],
+            state: [
+                AvatarState::Idle,
+                AvatarState::Listening,
+                AvatarState::Speaking,
+            ][i / 10],
             mouth_open: (i % 5) as f32 / 4.0,
             mouth_wide: (i % 3) as f32 / 2.0,
             t_ms: 40 * i as u64,
@@ -127,20 +148,36 @@ fn avatar_renders_are_deterministic() {
     }
     // One pose on a fresh renderer is a pure function of the pose.
     let p = pose(AvatarState::Listening, 0.3, 12_345);
-    assert_eq!(AvatarRenderer::new(256).render(&p), AvatarRenderer::new(256).render(&p));
+    assert_eq!(
+        AvatarRenderer::new(256).render(&p),
+        AvatarRenderer::new(256).render(&p)
+    );
     assert_eq!(AvatarRenderer::new(256).render(&p).dimensions(), (256, 256));
-    assert_eq!(AvatarRenderer::new(100).size(), 256, "size is clamped up to 256");
+    assert_eq!(
+        AvatarRenderer::new(100).size(),
+        256,
+        "size is clamped up to 256"
+    );
 }
 
 #[test]
 fn avatar_mouth_measure_follows_mouth_open() {
     for size in [256u32, 384] {
-        for state in [AvatarState::Idle, AvatarState::Listening, AvatarState::Speaking] {
+        for state in [
+            AvatarState::Idle,
+            AvatarState::Listening,
+            AvatarState::Speaking,
+        ] {
             for wide in [0.0f32, 0.5, 1.0] {
                 let measures: Vec<f32> = [0.0f32, 0.25, 0.5, 0.75, 1.0]
                     .iter()
                     .map(|&o| {
-                        let p = Pose { state, mouth_open: o, mouth_wide: wide, t_ms: 1_000 };
+                        let p = Pose {
+                            state,
+                            mouth_open: o,
+                            mouth_wide: wide,
+                            t_ms: 1_000,
+                        };
                         mouth_open_measure(&AvatarRenderer::new(size).render(&p), size)
                     })
                     .collect();
@@ -149,12 +186,21 @@ fn avatar_mouth_measure_follows_mouth_open() {
                 for w in measures.windows(2) {
                     assert!(w[1] > w[0] + 0.08, "not increasing: {measures:?}");
                 }
-                assert!((0.7..1.4).contains(&measures[4]), "fully open reads {}", measures[4]);
+                assert!(
+                    (0.7..1.4).contains(&measures[4]),
+                    "fully open reads {}",
+                    measures[4]
+                );
             }
         }
     }
     // Non-finite input is harmless.
-    let p = Pose { state: AvatarState::Idle, mouth_open: f32::NAN, mouth_wide: f32::INFINITY, t_ms: 0 };
+    let p = Pose {
+        state: AvatarState::Idle,
+        mouth_open: f32::NAN,
+        mouth_wide: f32::INFINITY,
+        t_ms: 0,
+    };
     assert!(mouth_open_measure(&AvatarRenderer::new(256).render(&p), 256) < 0.01);
 }
 
@@ -169,9 +215,17 @@ fn avatar_blinks_naturally() {
     }
     let shut = measures.iter().filter(|(_, m, _)| *m < 0.15).count();
     let open = measures.iter().filter(|(_, m, _)| *m > 0.5).count();
-    println!("eye measures over 6 s: {} shut, {} open of {}", shut, open, measures.len());
+    println!(
+        "eye measures over 6 s: {} shut, {} open of {}",
+        shut,
+        open,
+        measures.len()
+    );
     assert!(shut >= 1, "no blink within 6 s: {measures:?}");
-    assert!(open as f32 >= 0.9 * measures.len() as f32, "eyes not open most of the time: {measures:?}");
+    assert!(
+        open as f32 >= 0.9 * measures.len() as f32,
+        "eyes not open most of the time: {measures:?}"
+    );
     // Pixels agree with the schedule.
     for (t, m, o) in &measures {
         if *o > 0.99 {
@@ -185,7 +239,10 @@ fn avatar_blinks_naturally() {
     let mut last_shut = 0u64;
     for t in (0..3_600_000u64).step_by(20) {
         if eye_openness(t) < 0.05 {
-            assert!(t - last_shut < 6000, "no blink between {last_shut} and {t} ms");
+            assert!(
+                t - last_shut < 6000,
+                "no blink between {last_shut} and {t} ms"
+            );
             last_shut = t;
         }
     }
@@ -205,7 +262,10 @@ fn avatar_listening_differs_from_idle() {
     let a = r.render(&pose(AvatarState::Idle, 0.0, 1000));
     let b = r.render(&pose(AvatarState::Listening, 0.0, 1040));
     let jump = mean_abs_diff(&a, &b);
-    let snapped = mean_abs_diff(&a, &AvatarRenderer::new(256).render(&pose(AvatarState::Listening, 0.0, 1040)));
+    let snapped = mean_abs_diff(
+        &a,
+        &AvatarRenderer::new(256).render(&pose(AvatarState::Listening, 0.0, 1040)),
+    );
     println!("state switch: eased step {jump:.2}, snapped step {snapped:.2}");
     assert!(jump < snapped);
 }
@@ -228,14 +288,21 @@ fn avatar_lipsync_follows_the_audio_envelope() {
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let p = Pose { state: AvatarState::Speaking, mouth_open: m.open, mouth_wide: m.wide, t_ms: 40 * i as u64 };
+            let p = Pose {
+                state: AvatarState::Speaking,
+                mouth_open: m.open,
+                mouth_wide: m.wide,
+                t_ms: 40 * i as u64,
+            };
             mouth_open_measure(&renderer.render(&p), 256)
         })
         .collect();
     let r_pixels = pearson(&rms, &measured);
     let max_open = open.iter().cloned().fold(0.0, f32::max);
     let wides: Vec<f32> = poses.iter().map(|p| p.wide).collect();
-    let (wmin, wmax) = wides.iter().fold((1.0f32, 0.0f32), |(a, b), &w| (a.min(w), b.max(w)));
+    let (wmin, wmax) = wides
+        .iter()
+        .fold((1.0f32, 0.0f32), |(a, b), &w| (a.min(w), b.max(w)));
     println!(
         "lip-sync over {} frames: corr(rms, open) = {r_open:.3}, corr(rms, pixels) = {r_pixels:.3}, \
          max open {max_open:.2}, wide {wmin:.2}..{wmax:.2}",
@@ -243,8 +310,14 @@ fn avatar_lipsync_follows_the_audio_envelope() {
     );
     assert!(r_open > 0.8, "corr(rms, open) = {r_open}");
     assert!(r_pixels > 0.5, "corr(rms, mouth pixels) = {r_pixels}");
-    assert!(max_open > 0.7, "speech at normal level should open the mouth well ({max_open})");
-    assert!(wmax - wmin > 0.2, "mouth_wide does not vary ({wmin}..{wmax})");
+    assert!(
+        max_open > 0.7,
+        "speech at normal level should open the mouth well ({max_open})"
+    );
+    assert!(
+        wmax - wmin > 0.2,
+        "mouth_wide does not vary ({wmin}..{wmax})"
+    );
 }
 
 #[test]
@@ -270,7 +343,9 @@ fn avatar_lipsync_is_chunking_invariant_and_gates_silence() {
 
     // After speech, silence closes the mouth within a few frames.
     let mut ls = LipSync::new(RATE, FPS);
-    let loud: Vec<f32> = (0..FRAME * 5).map(|i| 0.2 * (i as f32 * 0.05).sin()).collect();
+    let loud: Vec<f32> = (0..FRAME * 5)
+        .map(|i| 0.2 * (i as f32 * 0.05).sin())
+        .collect();
     let opened = ls.push(&loud);
     assert!(opened.last().is_some_and(|p| p.open > 0.8), "{opened:?}");
     let closed = ls.push(&vec![0.0; FRAME * 5]);
@@ -282,7 +357,10 @@ fn avatar_lipsync_is_chunking_invariant_and_gates_silence() {
     assert!(ls.flush().is_some_and(|p| p.open > 0.0));
     assert!(ls.flush().is_none());
     ls.reset();
-    assert_eq!(ls.push(&loud[..FRAME]), lipsync_in_chunks(&loud[..FRAME], FRAME));
+    assert_eq!(
+        ls.push(&loud[..FRAME]),
+        lipsync_in_chunks(&loud[..FRAME], FRAME)
+    );
 
     // Rates that do not divide evenly still give one pose per frame on average.
     let mut ls = LipSync::new(22_050, 30);
@@ -304,7 +382,11 @@ fn avatar_jpeg_round_trip_and_size() {
         sizes.push(jpeg.len());
     }
     let mean = sizes.iter().sum::<usize>() / sizes.len();
-    println!("JPEG q80 256x256: mean {mean} bytes/frame (min {}, max {})", sizes.iter().min().unwrap_or(&0), sizes.iter().max().unwrap_or(&0));
+    println!(
+        "JPEG q80 256x256: mean {mean} bytes/frame (min {}, max {})",
+        sizes.iter().min().unwrap_or(&0),
+        sizes.iter().max().unwrap_or(&0)
+    );
     assert!(mean < 30_000);
     // Odd qualities are clamped, not rejected.
     assert!(encode_jpeg(&r.render(&Pose::default()), 0).is_ok());
@@ -318,12 +400,19 @@ fn avatar_render_time() {
         let t0 = std::time::Instant::now();
         let mut sink = 0u64;
         for i in 0..n {
-            let img = r.render(&pose(AvatarState::Speaking, (i % 7) as f32 / 6.0, 40 * i as u64));
+            let img = r.render(&pose(
+                AvatarState::Speaking,
+                (i % 7) as f32 / 6.0,
+                40 * i as u64,
+            ));
             sink += img.as_raw()[(i as usize * 997) % img.as_raw().len()] as u64;
         }
         let ms = t0.elapsed().as_secs_f64() * 1000.0 / n as f64;
         println!("render {size}x{size}: {ms:.3} ms/frame (checksum {sink})");
-        assert!(ms < 50.0 * (size as f64 / 256.0).powi(2), "render too slow: {ms} ms");
+        assert!(
+            ms < 50.0 * (size as f64 / 256.0).powi(2),
+            "render too slow: {ms} ms"
+        );
     }
 }
 
@@ -335,7 +424,12 @@ fn avatar_contact_sheets() {
     let poses = lipsync_in_chunks(&audio, 320);
     let mut r = AvatarRenderer::new(256);
     for (i, m) in poses.iter().enumerate() {
-        let p = Pose { state: AvatarState::Speaking, mouth_open: m.open, mouth_wide: m.wide, t_ms: 40 * i as u64 };
+        let p = Pose {
+            state: AvatarState::Speaking,
+            mouth_open: m.open,
+            mouth_wide: m.wide,
+            t_ms: 40 * i as u64,
+        };
         sheet_frames.push(r.render(&p));
     }
     assert_eq!(sheet_frames.len(), 25);
@@ -346,51 +440,66 @@ fn avatar_contact_sheets() {
     println!("wrote {}", path.display());
 
     // States and details: idle, listening, speaking (mouth shapes), a blink.
-    let blink_t = (0..6000u64).step_by(10).find(|&t| eye_openness(t) < 0.01).unwrap_or(0);
+    let blink_t = (0..6000u64)
+        .step_by(10)
+        .find(|&t| eye_openness(t) < 0.01)
+        .unwrap_or(0);
     let shots = [
-        Pose { state: AvatarState::Idle, mouth_open: 0.0, mouth_wide: 0.5, t_ms: 1000 },
-        Pose { state: AvatarState::Listening, mouth_open: 0.0, mouth_wide: 0.5, t_ms: 1000 },
-        Pose { state: AvatarState::Listening, mouth_open: 0.0, mouth_wide: 0.5, t_ms: 5300 },
-        Pose { state: AvatarState::Idle, mouth_open: 0.0, mouth_wide: 0.5, t_ms: blink_t },
-        Pose { state: AvatarState::Speaking, mouth_open: 0.3, mouth_wide: 0.5, t_ms: 1000 },
-        Pose { state: AvatarState::Speaking, mouth_open: 1.0, mouth_wide: 0.5, t_ms: 1000 },
-        Pose { state: AvatarState::Speaking, mouth_open: 0.6, mouth_wide: 0.0, t_ms: 1000 },
-        Pose { state: AvatarState::Speaking, mouth_open: 0.6, mouth_wide: 1.0, t_ms: 1000 },
+        Pose {
+            state: AvatarState::Idle,
+            mouth_open: 0.0,
+            mouth_wide: 0.5,
+            t_ms: 1000,
+        },
+        Pose {
+            state: AvatarState::Listening,
+            mouth_open: 0.0,
+            mouth_wide: 0.5,
+            t_ms: 1000,
+        },
+        Pose {
+            state: AvatarState::Listening,
+            mouth_open: 0.0,
+            mouth_wide: 0.5,
+            t_ms: 5300,
+        },
+        Pose {
+            state: AvatarState::Idle,
+            mouth_open: 0.0,
+            mouth_wide: 0.5,
+            t_ms: blink_t,
+        },
+        Pose {
+            state: AvatarState::Speaking,
+            mouth_open: 0.3,
+            mouth_wide: 0.5,
+            t_ms: 1000,
+        },
+        Pose {
+            state: AvatarState::Speaking,
+            mouth_open: 1.0,
+            mouth_wide: 0.5,
+            t_ms: 1000,
+        },
+        Pose {
+            state: AvatarState::Speaking,
+            mouth_open: 0.6,
+            mouth_wide: 0.0,
+            t_ms: 1000,
+        },
+        Pose {
+            state: AvatarState::Speaking,
+            mouth_open: 0.6,
+            mouth_wide: 1.0,
+            t_ms: 1000,
+        },
     ];
-    let frames: Vec<RgbImage> = shots.iter().map(|p| AvatarRenderer::new(256).render(p)).collect();
+    let frames: Vec<RgbImage> = shots
+        .iter()
+        .map(|p| AvatarRenderer::new(256).render(p))
+        .collect();
     let path = target_dir().join("avatar-states.png");
     save_png(&contact_sheet(&frames, 4), &path).expect("save states sheet");
     println!("wrote {}", path.display());
     assert_eq!(contact_sheet(&[], 3).dimensions(), (1, 1));
-}
-
-#[test]
-fn avatar_debug_big() {
-    let frames: Vec<RgbImage> = [AvatarState::Idle, AvatarState::Listening]
-        .iter()
-        .map(|&s| AvatarRenderer::new(512).render(&pose(s, 0.0, 1000)))
-        .collect();
-    save_png(&contact_sheet(&frames, 2), target_dir().join("avatar-big.png")).expect("save");
-    for st in [AvatarState::Idle, AvatarState::Listening, AvatarState::Speaking] {
-        let img = AvatarRenderer::new(256).render(&pose(st, 1.0, 1000));
-        println!("{st:?}: eyes {:.4} mouth {:.4}", eye_open_measure(&img, 256), mouth_open_measure(&img, 256));
-    }
-}
-
-#[test]
-fn avatar_debug_lipsync_sweep() {
-    let audio = synthetic_speech(8.0);
-    let rms = frame_rms(&audio);
-    for full in [0.0f32, 2.0] {
-        for range in [20.0f32, 24.0, 28.0] {
-            for rel in [25.0f32, 35.0] {
-                let cfg = LipSyncConfig { full_below_peak_db: full, range_db: range, release_ms: rel, ..Default::default() };
-                let mut ls = LipSync::with_config(RATE, FPS, cfg);
-                let open: Vec<f32> = ls.push(&audio).iter().map(|p| p.open).collect();
-                let mean = open.iter().sum::<f32>() / open.len() as f32;
-                let n80 = open.iter().filter(|&&o| o > 0.8).count();
-                println!("full {full} range {range} rel {rel}: corr {:.3} mean {mean:.2} >0.8: {n80}", pearson(&rms, &open));
-            }
-        }
-    }
 }

@@ -117,8 +117,7 @@ impl SessionLink {
 
     /// Whether `response_id` has been interrupted or cancelled.
     pub fn is_dead(&self, response_id: ResponseId) -> bool {
-        response_id != super::frame::INPUT
-            && response_id <= self.killed_upto.load(Ordering::SeqCst)
+        response_id != super::frame::INPUT && response_id <= self.killed_upto.load(Ordering::SeqCst)
     }
 
     /// A new system frame with a session-unique id. A frame that kills a
@@ -278,7 +277,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(node: &str, outputs: Vec<Outbox>, events: EventSink, link: Arc<SessionLink>) -> Self {
+    pub fn new(
+        node: &str,
+        outputs: Vec<Outbox>,
+        events: EventSink,
+        link: Arc<SessionLink>,
+    ) -> Self {
         Ctx {
             node: node.into(),
             outputs,

@@ -50,6 +50,14 @@ impl EventSink {
         let _ = self.tx.send(event);
     }
 
+    /// A handle that does not keep the event stream open.
+    pub fn downgrade(&self) -> WeakEventSink {
+        WeakEventSink {
+            tx: self.tx.downgrade(),
+            next_id: self.next_id.clone(),
+        }
+    }
+
     /// Emits a Realtime API `error` event; the session stays open.
     pub fn error(&self, t_ms: u64, code: &str, message: &str) {
         self.emit(
@@ -65,5 +73,23 @@ impl EventSink {
                 }
             }),
         );
+    }
+}
+
+/// An [`EventSink`] that lets the stream close when the session's actors are
+/// done.
+#[derive(Clone)]
+pub struct WeakEventSink {
+    tx: mpsc::WeakUnboundedSender<Event>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl WeakEventSink {
+    /// The sink, while the session is alive.
+    pub fn upgrade(&self) -> Option<EventSink> {
+        Some(EventSink {
+            tx: self.tx.upgrade()?,
+            next_id: self.next_id.clone(),
+        })
     }
 }

@@ -43,7 +43,10 @@ pub struct SystemFrame {
 pub enum SystemKind {
     /// The user started speaking; `audio_start_ms` includes the prefix
     /// padding; `item_id` names the user message this speech becomes.
-    SpeechStarted { item_id: String, audio_start_ms: u64 },
+    SpeechStarted {
+        item_id: String,
+        audio_start_ms: u64,
+    },
     /// The user stopped speaking. `audio_end_ms` is when the silence window
     /// closed (as in the Realtime API), `speech_end_ms` when voice last was heard.
     SpeechStopped {
@@ -129,8 +132,42 @@ pub enum Payload {
     /// The response has produced everything; ordered after its last clause
     /// or speech frame. The stage that finishes playing it reports it done.
     ResponseEnd(Box<ResponseSummary>),
+    /// A client's request (session.update, conversation edits, response
+    /// create/cancel), in order with the audio around it. Each stage acts
+    /// on what concerns it and passes it on.
+    Control(Arc<Control>),
     /// A timing probe: benchmarks and tests measure hops with it.
     Probe { seq: u64, sent: Instant },
+}
+
+/// Requests a client makes of the pipeline (see [`Payload::Control`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// New settings from session.update.
+    Configure(crate::realtime::SessionSettings),
+    /// input_audio_buffer.clear: drop the user's unfinished utterance.
+    ClearInput,
+    /// conversation.item.create: a typed message or a function's result.
+    AddItem {
+        item_id: String,
+        previous_item_id: Option<String>,
+        role: crate::llm::Role,
+        text: String,
+        /// For a function_call_output item: the call it answers.
+        call_id: Option<String>,
+    },
+    /// conversation.item.truncate: the client played only `audio_end_ms`.
+    Truncate { item_id: String, audio_end_ms: u64 },
+    /// conversation.item.delete.
+    Delete { item_id: String },
+    /// response.create, with per-response overrides.
+    CreateResponse {
+        instructions: Option<String>,
+        modalities: Option<Vec<String>>,
+        max_tokens: Option<usize>,
+    },
+    /// response.cancel (of the current response when no id is given).
+    CancelResponse { response_id: Option<String> },
 }
 
 /// The clause a run of speech audio speaks.

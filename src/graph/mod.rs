@@ -11,7 +11,7 @@ pub mod session;
 pub use actor::{Actor, Ctx, Inbox, Next, Outbox, SessionLink, mailbox};
 pub use events::{Event, EventSink};
 pub use frame::{
-    AudioChunk, DataFrame, Frame, INPUT, Payload, ResponseId, SystemFrame, SystemKind,
+    AudioChunk, Control, DataFrame, Frame, INPUT, Payload, ResponseId, SystemFrame, SystemKind,
 };
 pub use nodes::{NodeKind, Resources, SessionShared};
 pub use pipeline::Pipeline;

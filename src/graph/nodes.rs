@@ -23,9 +23,9 @@ use crate::asr::{Redecode, UtteranceRecognizer};
 use crate::audio::StreamResampler;
 use crate::audio::vad::{SileroModel, VadActor, VadParams};
 use crate::latency::Latency;
-use crate::llm::{Llm, LlmConfig};
 use crate::llm::local::LocalModel;
 use crate::llm::remote::{RemoteLlm, RemoteOptions};
+use crate::llm::{Llm, LlmConfig};
 use crate::models::ModelStore;
 use crate::orchestrator::controller::{Controller, ControllerParams};
 use crate::orchestrator::embed::Embedder;
@@ -149,11 +149,15 @@ impl Resources {
     }
 
     pub fn silero(&self) -> Result<Arc<SileroModel>> {
-        once(&self.silero, || Ok(Arc::new(SileroModel::load(&self.store)?)))
+        once(&self.silero, || {
+            Ok(Arc::new(SileroModel::load(&self.store)?))
+        })
     }
 
     pub fn whisper(&self) -> Result<Arc<WhisperModel>> {
-        once(&self.whisper, || Ok(Arc::new(WhisperModel::load(&self.store)?)))
+        once(&self.whisper, || {
+            Ok(Arc::new(WhisperModel::load(&self.store)?))
+        })
     }
 
     pub fn local_llm(&self) -> Result<LocalModel> {
@@ -165,7 +169,9 @@ impl Resources {
     }
 
     pub fn embedder(&self) -> Result<Arc<Embedder>> {
-        once(&self.embedder, || Ok(Arc::new(Embedder::load(&self.store)?)))
+        once(&self.embedder, || {
+            Ok(Arc::new(Embedder::load(&self.store)?))
+        })
     }
 }
 
@@ -358,7 +364,11 @@ impl Actor for InputActor {
         }
         let resampler = match &mut self.resampler {
             Some((_, r)) => r,
-            slot => &mut slot.insert((from, StreamResampler::new(from, self.rate)?)).1,
+            slot => {
+                &mut slot
+                    .insert((from, StreamResampler::new(from, self.rate)?))
+                    .1
+            }
         };
         let out = resampler.process(&chunk.samples);
         self.emit(out, ctx).await;

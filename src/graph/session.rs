@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Actor, Ctx, Outbox, SessionLink, mailbox, run_actor};
+use super::events::{Event, EventSink, WeakEventSink};
 use super::frame::SystemKind;
-use super::events::{Event, EventSink};
 use super::nodes::{Resources, SessionShared};
 use super::pipeline::Pipeline;
 
@@ -27,6 +27,7 @@ pub struct SessionGraph {
     /// Every event of the session, in emission order; closes at the end.
     pub events: mpsc::UnboundedReceiver<Event>,
     link: Arc<SessionLink>,
+    sink: WeakEventSink,
     cancel: CancellationToken,
     supervisor: Option<tokio::task::JoinHandle<SessionStats>>,
 }
@@ -91,11 +92,13 @@ impl SessionGraph {
         drop(outboxes);
 
         let cancel = CancellationToken::new();
+        let sink = events.downgrade();
         let supervisor = tokio::spawn(supervise(tasks, names, events, cancel.clone()));
         SessionGraph {
             input: Some(input),
             events: events_rx,
             link,
+            sink,
             cancel,
             supervisor: Some(supervisor),
         }
@@ -108,6 +111,13 @@ impl SessionGraph {
         if let Some(input) = &self.input {
             input.send_system(frame);
         }
+    }
+
+    /// Where to emit events of the session from outside the graph (the
+    /// server's own replies), in the same ordered stream. `None` once the
+    /// session has ended.
+    pub fn sink(&self) -> Option<EventSink> {
+        self.sink.upgrade()
     }
 
     /// Ends the input: the graph drains and finishes.

@@ -92,8 +92,8 @@ pub struct ClauseChunker {
     line_start: bool,
     /// This line began with a heading marker or a bullet.
     line_is_block: bool,
-    /// The previous raw character was whitespace (for a spaced ` * `).
-    prev_raw_ws: bool,
+    /// The previous raw character, kept or dropped (`\n` at the start).
+    prev_raw: char,
     // Stage 2 (cutting).
     /// The open chunk, words separated by single spaces.
     cur: String,
@@ -121,7 +121,7 @@ impl ClauseChunker {
             emitted_any: false,
             line_start: true,
             line_is_block: false,
-            prev_raw_ws: true,
+            prev_raw: '\n',
             cur: String::new(),
             last_word_start: 0,
             word_at_line_start: true,
@@ -176,21 +176,26 @@ impl ClauseChunker {
                 continue;
             }
             match c {
-                '`' => i += 1,
+                '`' => {
+                    self.prev_raw = c;
+                    i += 1;
+                }
                 '*' => {
                     if need_more {
                         break;
                     }
                     let next_ws = next.is_some_and(char::is_whitespace);
+                    let prev = self.prev_raw;
                     if self.line_start && (next_ws || next.is_none()) {
                         self.block_marker();
-                    } else if !self.line_start && self.prev_raw_ws && next_ws {
-                        // "2 * 3": a spaced asterisk is not markup.
+                    } else if (!self.line_start && prev.is_whitespace() && next_ws)
+                        || (prev.is_alphanumeric() && next.is_some_and(char::is_alphanumeric))
+                    {
+                        // "2 * 3", "5*3": arithmetic, not markup.
                         self.keep('*');
-                    } else {
-                        // Emphasis: dropped.
-                        self.prev_raw_ws = false;
                     }
+                    // Otherwise emphasis ("**bold**", "*word*"): dropped.
+                    self.prev_raw = '*';
                     i += 1;
                 }
                 '#' | '-' if self.line_start => {
@@ -213,6 +218,7 @@ impl ClauseChunker {
                             self.keep(c);
                         }
                     }
+                    self.prev_raw = c;
                     i = j;
                 }
                 '+' | '>' if self.line_start => {
@@ -224,10 +230,12 @@ impl ClauseChunker {
                     } else {
                         self.keep(c);
                     }
+                    self.prev_raw = c;
                     i += 1;
                 }
                 '•' if self.line_start => {
                     self.block_marker();
+                    self.prev_raw = c;
                     i += 1;
                 }
                 _ => {
@@ -263,7 +271,7 @@ impl ClauseChunker {
             self.line_is_block = false;
         }
         self.gap = Some(self.gap.map_or(g, |old| max(old, g)));
-        self.prev_raw_ws = true;
+        self.prev_raw = c;
     }
 
     /// A heading marker, bullet, quote or rule was dropped at line start.
@@ -285,7 +293,7 @@ impl ClauseChunker {
         self.cur.push(c);
         self.emitted_any = true;
         self.line_start = false;
-        self.prev_raw_ws = false;
+        self.prev_raw = c;
     }
 
     // ---- stage 2: cutting ----
@@ -641,6 +649,10 @@ mod tests {
                 "1. numbered one",
                 "2) numbered two",
             ],
+        );
+        check(
+            "*Note* that 5*3 is **15**, not x**2.",
+            &["Note that 5*3 is 15,", "not x2."],
         );
         check(
             "C# and #1 stay, 2 * 3 is 6, -5 degrees, a-b and -- dashes.",

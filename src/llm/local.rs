@@ -124,7 +124,9 @@ impl FromStr for WeightQuant {
         let s = s.trim().to_ascii_lowercase().replace('-', "_");
         WeightQuant::ALL
             .into_iter()
-            .find(|q| q.name().replace('-', "_") == s || (s == "keep" && *q == WeightQuant::AsStored))
+            .find(|q| {
+                q.name().replace('-', "_") == s || (s == "keep" && *q == WeightQuant::AsStored)
+            })
             .ok_or_else(|| {
                 anyhow!(
                     "unknown weight type `{s}` (one of: {})",
@@ -698,7 +700,10 @@ mod tests {
             assert_eq!(q.name().parse::<WeightQuant>().unwrap(), q);
         }
         assert_eq!("Q8_0".parse::<WeightQuant>().unwrap(), WeightQuant::Q8_0);
-        assert_eq!("keep".parse::<WeightQuant>().unwrap(), WeightQuant::AsStored);
+        assert_eq!(
+            "keep".parse::<WeightQuant>().unwrap(),
+            WeightQuant::AsStored
+        );
         assert!("q3_k".parse::<WeightQuant>().is_err());
     }
 
@@ -738,5 +743,79 @@ mod bench_dev {
         }
         let r = super::bench_llm_dev::run(&o).unwrap();
         super::bench_llm_dev::print(&r);
+    }
+}
+
+#[cfg(test)]
+mod cpu_dev {
+    use super::*;
+
+    fn cpu_secs() -> f64 {
+        let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let rest = &s[s.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    }
+
+    #[test]
+    #[ignore = "dev: CPU time per token"]
+    fn cpu_time_per_token() {
+        let q: WeightQuant = std::env::var("Q").unwrap_or("q4_0".into()).parse().unwrap();
+        let m = LocalModel::load_with(
+            &ModelStore::from_env(),
+            &LoadOptions {
+                quant: q,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let prompt: Vec<u32> = m
+            .tokenize(&"The lighthouse keeper wrote in his logbook every night. ".repeat(30))
+            .unwrap()[..300]
+            .to_vec();
+        let opts = GenerateOptions {
+            max_tokens: 64,
+            temperature: 0.0,
+            seed: 0,
+        };
+        let cancel = AtomicBool::new(false);
+        let mut s = m.session();
+        s.generate_ids(&prompt[..20], &opts, false, &cancel, &mut |_, _| true)
+            .unwrap();
+        for _ in 0..2 {
+            let mut s = m.session();
+            let (c0, w0) = (cpu_secs(), Instant::now());
+            let mut first = None;
+            s.generate_ids(
+                &prompt,
+                &GenerateOptions {
+                    max_tokens: 1,
+                    ..opts.clone()
+                },
+                false,
+                &cancel,
+                &mut |_, _| {
+                    first.get_or_insert((cpu_secs(), Instant::now()));
+                    true
+                },
+            )
+            .unwrap();
+            let (c1, w1) = first.unwrap();
+            let p2: Vec<u32> = s.cached_tokens().to_vec();
+            let mut p2 = p2;
+            p2.push(13);
+            let (c2, w2) = (cpu_secs(), Instant::now());
+            s.generate_ids(&p2, &opts, false, &cancel, &mut |_, _| true)
+                .unwrap();
+            let (c3, w3) = (cpu_secs(), Instant::now());
+            eprintln!(
+                "{q}: prefill 300: cpu {:.0} ms wall {:.0} ms | decode 64: cpu {:.2} ms/token wall {:.2} ms/token ({:.1} tok/s wall)",
+                (c1 - c0) * 1e3,
+                (w1 - w0).as_secs_f64() * 1e3,
+                (c3 - c2) * 1e3 / 64.0,
+                (w3 - w2).as_secs_f64() * 1e3 / 64.0,
+                64.0 / (w3 - w2).as_secs_f64()
+            );
+        }
     }
 }

@@ -279,17 +279,35 @@ impl Request {
     /// connection.
     fn stream(self, stop: &AtomicBool, tx: &mpsc::Sender<Event>) -> Result<()> {
         let url = self.endpoint.as_str();
-        let mut req = self
-            .agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .header("Accept", "text/event-stream");
-        if let Some(key) = &self.api_key {
-            req = req.header("Authorization", format!("Bearer {key}"));
-        }
-        let response = req
-            .send(&self.body[..])
-            .map_err(|e| self.describe(e, "sending the request"))?;
+        let send = || {
+            let mut req = self
+                .agent
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("Accept", "text/event-stream");
+            if let Some(key) = &self.api_key {
+                req = req.header("Authorization", format!("Bearer {key}"));
+            }
+            req.send(&self.body[..])
+        };
+        // A kept-alive connection from the pool may have been closed by the
+        // server an instant ago (uvicorn closes after a failed stream, or at
+        // its keep-alive timeout): the request dies before any answer. The
+        // server saw nothing, so sending again on a fresh connection is safe.
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            match send() {
+                Ok(r) => break r,
+                Err(e) if attempt <= STALE_RETRIES && is_stale_connection(&e) => {
+                    tracing::debug!(url, error = %e, "connection closed before an answer; retrying");
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(self.describe(e, "sending the request")),
+            }
+        };
         let status = response.status();
         let content_type = response
             .headers()
@@ -436,6 +454,21 @@ impl Request {
             other => anyhow!("request to LLM server at {url} failed ({doing}): {other}"),
         }
     }
+}
+
+/// Fresh-connection retries after a pooled connection turned out closed.
+const STALE_RETRIES: usize = 2;
+
+/// The connection closed before any response byte: a stale kept-alive one.
+fn is_stale_connection(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e, ureq::Error::Io(io) if matches!(
+        io.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    ))
 }
 
 /// One dispatched server-sent event.
@@ -929,6 +962,64 @@ mod tests {
             ),
             (0, 0, 2)
         );
+    }
+
+    /// A fake server that hangs up on the first `drops` connections right
+    /// after reading their request, then streams a reply.
+    fn hang_up_server(drops: usize) -> (String, Arc<Mutex<usize>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let accepted = Arc::new(Mutex::new(0));
+        let accepted2 = accepted.clone();
+        std::thread::spawn(move || {
+            for (i, sock) in listener.incoming().enumerate() {
+                let mut sock = sock.unwrap();
+                *accepted2.lock().unwrap() += 1;
+                let mut reader = BufReader::new(sock.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut l = String::new();
+                    if reader.read_line(&mut l).unwrap() == 0 {
+                        break;
+                    }
+                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if l == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                if i < drops {
+                    drop(sock); // closed without a byte of answer
+                    continue;
+                }
+                sse_head(&mut sock);
+                sse_send(&mut sock, &delta("fresh")).unwrap();
+                sse_send(&mut sock, "data: [DONE]\n\n").unwrap();
+                sse_send(&mut sock, "").unwrap();
+            }
+        });
+        (url, accepted)
+    }
+
+    #[test]
+    fn a_connection_closed_before_any_answer_is_retried_fresh() {
+        let (url, accepted) = hang_up_server(1);
+        let (r, pieces) = run(&url, |_| {});
+        r.unwrap();
+        assert_eq!(pieces, ["fresh"]);
+        assert_eq!(*accepted.lock().unwrap(), 2);
+
+        // A server that always hangs up: a clear error after the retries.
+        let (url, accepted) = hang_up_server(usize::MAX);
+        let e = run(&url, |_| {}).0.unwrap_err().to_string();
+        assert!(
+            e.contains("dropped the connection while sending the request") && e.contains(&url),
+            "{e}"
+        );
+        assert_eq!(*accepted.lock().unwrap(), 1 + STALE_RETRIES);
     }
 
     #[test]

@@ -32,11 +32,13 @@ use super::heard::Heard;
 use super::memory::{Memory, Modality, format_for_prompt};
 use super::router::{self, Decision};
 use crate::graph::frame::ResponseSummary;
-use crate::graph::{Actor, Ctx, DataFrame, INPUT, Payload, ResponseId, SystemFrame, SystemKind};
+use crate::graph::{
+    Actor, Control, Ctx, DataFrame, INPUT, Payload, ResponseId, SystemFrame, SystemKind,
+};
 use crate::latency::{Latency, Stage};
 use crate::llm::chunker::{ChunkerOptions, ClauseChunker};
 use crate::llm::{GenerateOptions, Llm, Role, Usage};
-use crate::realtime;
+use crate::realtime::{self, SessionSettings};
 
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a friendly voice assistant. Answer in one or two short spoken sentences. No lists, no markdown.";
 
@@ -145,6 +147,14 @@ struct Active {
     cancelled: Option<&'static str>,
 }
 
+/// What a response.create may change for one response.
+#[derive(Debug, Clone, Default)]
+struct ResponseOverrides {
+    instructions: Option<String>,
+    modalities: Option<Vec<String>>,
+    max_tokens: Option<usize>,
+}
+
 /// A possible barge-in on `response_id`, waiting for the user's words.
 struct BargeIn {
     response_id: ResponseId,
@@ -165,6 +175,10 @@ pub struct Controller {
     latency: Arc<Latency>,
     /// Words committed so far of the user's current utterance.
     partial_words: Vec<String>,
+    /// The client truncated the item of the response still generating.
+    truncate_on_settle: bool,
+    /// Functions the session declared (for the router).
+    tools: Vec<router::ToolInfo>,
     /// Decisions of the router, for tests and the client.
     pub decisions: Vec<Decision>,
 }
@@ -206,6 +220,8 @@ impl Controller {
             heard,
             latency,
             partial_words: Vec::new(),
+            truncate_on_settle: false,
+            tools: Vec::new(),
             decisions: Vec::new(),
         })
     }
@@ -240,14 +256,15 @@ impl Controller {
         let generated = active.task.await.context("LLM task failed")?;
         self.llm = generated.llm;
         let usage = generated.usage;
-        let text = match active.cancelled {
-            Some(_) if self.speaks() => self.heard.heard_text(active.response_id),
-            Some(_) => generated.text.clone(),
-            None => generated.text.clone(),
+        let cut = active.cancelled.is_some() || std::mem::take(&mut self.truncate_on_settle);
+        let text = if cut && self.speaks() {
+            self.heard.heard_text(active.response_id)
+        } else {
+            generated.text.clone()
         };
         self.conversation
-            .push(&active.item_id, Role::Assistant, &text, None);
-        if active.cancelled.is_some() {
+            .push(&active.item_id, Role::Assistant, &generated.text, None);
+        if cut {
             self.conversation.truncate(&active.item_id, &text)?;
         }
         if let Some(memory) = &self.memory
@@ -256,7 +273,9 @@ impl Controller {
             let memory = memory.clone();
             let said = text.clone();
             tokio::task::spawn_blocking(move || {
-                let mut m = memory.lock().map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+                let mut m = memory
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
                 m.remember(Modality::Assistant, &said, now_unix_ms())
             })
             .await
@@ -268,9 +287,21 @@ impl Controller {
         Ok(())
     }
 
-    /// Stops the response the user talked over, keeping what they heard.
-    async fn interrupt(&mut self, response_id: ResponseId, item_id: &str, ctx: &Ctx) -> Result<()> {
-        ctx.raise(0, SystemKind::Interrupt { response_id });
+    /// Stops a response (the user talked over it, or the client cancelled
+    /// it), keeping what the user heard of it.
+    fn stop(
+        &mut self,
+        response_id: ResponseId,
+        item_id: &str,
+        reason: &'static str,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let kind = if reason == "turn_detected" {
+            SystemKind::Interrupt { response_id }
+        } else {
+            SystemKind::Cancel { response_id }
+        };
+        ctx.raise(0, kind);
         let played_ms = self.heard.played_ms(response_id);
         let heard = self.heard.heard_text(response_id);
         self.heard.finish(response_id);
@@ -278,12 +309,12 @@ impl Controller {
         if generating {
             if let Some(a) = &mut self.active {
                 a.cancel.store(true, Ordering::SeqCst);
-                a.cancelled = Some("turn_detected");
+                a.cancelled = Some(reason);
             }
         } else if self.conversation.get(item_id).is_some() {
             self.conversation.truncate(item_id, &heard)?;
         }
-        tracing::info!(response = response_id, played_ms, heard = %heard, "barge-in: response interrupted");
+        tracing::info!(response = response_id, played_ms, heard = %heard, reason, "response stopped");
         let item = realtime::assistant_item(item_id, "incomplete", &self.params.modalities, &heard);
         ctx.events().emit(
             "conversation.item.truncated",
@@ -296,7 +327,7 @@ impl Controller {
             json!({"response": realtime::response_object(
                 &realtime::response_id(response_id),
                 "cancelled",
-                json!({"type": "cancelled", "reason": "turn_detected"}),
+                json!({"type": "cancelled", "reason": reason}),
                 vec![item],
                 &self.params.modalities,
                 None,
@@ -306,7 +337,12 @@ impl Controller {
     }
 
     /// Decides a pending barge-in from the user's words so far.
-    async fn judge_barge_in(&mut self, words: &[String], is_final: bool, ctx: &Ctx) -> Result<bool> {
+    async fn judge_barge_in(
+        &mut self,
+        words: &[String],
+        is_final: bool,
+        ctx: &Ctx,
+    ) -> Result<bool> {
         let Some(b) = &self.barge_in else {
             return Ok(false);
         };
@@ -314,7 +350,7 @@ impl Controller {
         if real >= self.params.min_interruption_words {
             let (r, item) = (b.response_id, b.item_id.clone());
             self.barge_in = None;
-            self.interrupt(r, &item, ctx).await?;
+            self.stop(r, &item, "turn_detected", ctx)?;
             return Ok(false);
         }
         if is_final {
@@ -348,7 +384,9 @@ impl Controller {
                 let query = text.to_string();
                 let k = self.params.recall_k;
                 tokio::task::spawn_blocking(move || {
-                    let mut m = memory.lock().map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+                    let mut m = memory
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
                     let found = m.recall(&query, k, now_unix_ms())?;
                     m.remember(Modality::User, &query, now_unix_ms())?;
                     anyhow::Ok(Some(found))
@@ -358,10 +396,8 @@ impl Controller {
             }
             None => None,
         };
-        let best = recalled
-            .as_ref()
-            .and_then(|r| r.first().map(|x| x.score));
-        let decision = router::route(text, best, false, &[]);
+        let best = recalled.as_ref().and_then(|r| r.first().map(|x| x.score));
+        let decision = router::route(text, best, false, &self.tools);
         ctx.events().emit(
             "duplex.router.decision",
             0,
@@ -381,19 +417,24 @@ impl Controller {
         let prompt = (!context.is_empty()).then(|| format!("{context}{text}"));
         self.conversation.push(item_id, Role::User, text, prompt);
         if self.params.create_response {
-            self.respond(ctx)?;
+            self.respond(ResponseOverrides::default(), ctx)?;
         }
         Ok(())
     }
 
     /// Starts generating a response to the conversation as it stands.
-    fn respond(&mut self, ctx: &Ctx) -> Result<()> {
-        let llm = self.llm.take().context("LLM lost after an earlier failure")?;
+    fn respond(&mut self, overrides: ResponseOverrides, ctx: &Ctx) -> Result<()> {
+        let llm = self
+            .llm
+            .take()
+            .context("LLM lost after an earlier failure")?;
         let response_id = self.next_response;
         self.next_response += 1;
         let rid = realtime::response_id(response_id);
         let item_id = realtime::assistant_item_id(response_id);
-        let modalities = self.params.modalities.clone();
+        let modalities = overrides
+            .modalities
+            .unwrap_or_else(|| self.params.modalities.clone());
         self.latency.response(&rid);
 
         let events = ctx.events();
@@ -409,7 +450,7 @@ impl Controller {
             json!({"response_id": rid, "output_index": 0, "item": item}),
         );
         events.emit("conversation.item.added", 0, json!({"item": item}));
-        let audio = self.speaks();
+        let audio = modalities.iter().any(|m| m == "audio");
         let part = if audio {
             json!({"type": "audio", "transcript": ""})
         } else {
@@ -422,9 +463,12 @@ impl Controller {
         );
 
         let cancel = Arc::new(AtomicBool::new(false));
-        let messages = self.conversation.messages();
+        let mut messages = self.conversation.messages();
+        if let (Some(instructions), Some(system)) = (overrides.instructions, messages.first_mut()) {
+            system.content = instructions;
+        }
         let options = GenerateOptions {
-            max_tokens: self.params.max_tokens,
+            max_tokens: overrides.max_tokens.unwrap_or(self.params.max_tokens),
             temperature: self.params.temperature,
             seed: response_id,
         };
@@ -453,6 +497,220 @@ impl Controller {
             cancelled: None,
         });
         self.last = Some((response_id, item_id));
+        Ok(())
+    }
+}
+
+impl Controller {
+    /// Acts on a client's request.
+    async fn on_control(&mut self, control: &Control, t_ms: u64, ctx: &Ctx) -> Result<()> {
+        let events = ctx.events();
+        match control {
+            Control::Configure(settings) => self.configure(settings),
+            Control::ClearInput => {}
+            Control::AddItem {
+                item_id,
+                previous_item_id,
+                role,
+                text,
+                call_id,
+            } => {
+                self.settle(ctx).await?;
+                let prompt = call_id
+                    .as_ref()
+                    .map(|id| format!("(result of function call {id}) {text}"));
+                self.conversation.push(item_id, *role, text, prompt);
+                if let Some(memory) = &self.memory
+                    && *role == Role::User
+                {
+                    let memory = memory.clone();
+                    let said = text.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut m = memory
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+                        m.remember(Modality::User, &said, now_unix_ms())
+                    })
+                    .await
+                    .context("memory task failed")??;
+                }
+                let item = match call_id {
+                    Some(call_id) => json!({
+                        "id": item_id, "object": "realtime.item", "type": "function_call_output",
+                        "status": "completed", "call_id": call_id, "output": text,
+                    }),
+                    None => json!({
+                        "id": item_id, "object": "realtime.item", "type": "message",
+                        "status": "completed", "role": role,
+                        "content": [{"type": "input_text", "text": text}],
+                    }),
+                };
+                events.emit(
+                    "conversation.item.added",
+                    t_ms,
+                    json!({"previous_item_id": previous_item_id, "item": item}),
+                );
+                events.emit(
+                    "conversation.item.done",
+                    t_ms,
+                    json!({"previous_item_id": previous_item_id, "item": item}),
+                );
+            }
+            Control::Truncate {
+                item_id,
+                audio_end_ms,
+            } => self.truncate(item_id, *audio_end_ms, t_ms, ctx)?,
+            Control::Delete { item_id } => {
+                if matches!(&self.active, Some(a) if &a.item_id == item_id) {
+                    events.error(
+                        t_ms,
+                        "invalid_value",
+                        &format!(
+                            "item `{item_id}` is still being generated: cancel the response first"
+                        ),
+                    );
+                } else if self.conversation.delete(item_id).is_ok() {
+                    events.emit(
+                        "conversation.item.deleted",
+                        t_ms,
+                        json!({"item_id": item_id}),
+                    );
+                } else {
+                    events.error(
+                        t_ms,
+                        "item_not_found",
+                        &format!("conversation.item.delete: no item `{item_id}`"),
+                    );
+                }
+            }
+            Control::CreateResponse {
+                instructions,
+                modalities,
+                max_tokens,
+            } => {
+                if self
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.cancelled.is_none() && !a.task.is_finished())
+                {
+                    events.error(
+                        t_ms,
+                        "conversation_already_has_active_response",
+                        "a response is in progress: wait for response.done or send response.cancel",
+                    );
+                    return Ok(());
+                }
+                self.settle(ctx).await?;
+                self.respond(
+                    ResponseOverrides {
+                        instructions: instructions.clone(),
+                        modalities: modalities.clone(),
+                        max_tokens: *max_tokens,
+                    },
+                    ctx,
+                )?;
+            }
+            Control::CancelResponse { response_id } => {
+                let target = self.talking().filter(|(r, _)| {
+                    response_id
+                        .as_ref()
+                        .is_none_or(|id| *id == realtime::response_id(*r))
+                });
+                match target {
+                    Some((r, item_id)) => self.stop(r, &item_id, "client_cancelled", ctx)?,
+                    None => events.error(
+                        t_ms,
+                        "response_cancel_not_active",
+                        "response.cancel: there is no active response to cancel",
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn configure(&mut self, settings: &SessionSettings) {
+        if let Some(instructions) = &settings.instructions {
+            self.conversation.instructions = instructions.clone();
+            self.params.instructions = instructions.clone();
+        }
+        if let Some(modalities) = &settings.output_modalities {
+            self.params.modalities = modalities.clone();
+        }
+        if let Some(max) = settings.max_output_tokens {
+            self.params.max_tokens = max;
+        }
+        if let Some(t) = settings.temperature {
+            self.params.temperature = t;
+        }
+        match &settings.turn_detection {
+            Some(Some(turn)) => {
+                self.params.create_response = turn.create_response;
+                self.params.interrupt_response = turn.interrupt_response;
+            }
+            Some(None) => {
+                self.params.create_response = false;
+                self.params.interrupt_response = false;
+            }
+            None => {}
+        }
+        if let Some(tools) = &settings.tools {
+            self.tools = tools
+                .iter()
+                .map(|t| router::ToolInfo {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                })
+                .collect();
+        }
+    }
+
+    /// conversation.item.truncate: the client says how much it played.
+    fn truncate(&mut self, item_id: &str, audio_end_ms: u64, t_ms: u64, ctx: &Ctx) -> Result<()> {
+        let events = ctx.events();
+        let response = match &self.last {
+            Some((r, item)) if item == item_id => Some(*r),
+            _ => None,
+        };
+        match response {
+            Some(r) => {
+                self.heard.set_played(r, audio_end_ms);
+                if matches!(&self.active, Some(a) if a.item_id == item_id) {
+                    self.truncate_on_settle = true;
+                } else {
+                    let heard = self.heard.heard_text(r);
+                    self.conversation.truncate(item_id, &heard)?;
+                }
+            }
+            None => {
+                match self.conversation.get(item_id) {
+                    Some(item) if item.role == Role::Assistant && audio_end_ms == 0 => {
+                        self.conversation.truncate(item_id, "")?;
+                    }
+                    Some(_) => {
+                        events.error(
+                        t_ms,
+                        "invalid_value",
+                        &format!("conversation.item.truncate: item `{item_id}` has no audio to truncate"),
+                    );
+                        return Ok(());
+                    }
+                    None => {
+                        events.error(
+                            t_ms,
+                            "item_not_found",
+                            &format!("conversation.item.truncate: no item `{item_id}`"),
+                        );
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        events.emit(
+            "conversation.item.truncated",
+            t_ms,
+            json!({"item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms}),
+        );
         Ok(())
     }
 }
@@ -596,6 +854,10 @@ impl Actor for Controller {
                 self.latency.mark(Stage::AsrFinal);
                 self.on_user_final(&item_id, &text, ctx).await?;
             }
+            Payload::Control(control) => {
+                let control = control.clone();
+                self.on_control(&control, frame.t_ms, ctx).await?;
+            }
             _ => {
                 if frame.response_id == INPUT {
                     ctx.send(frame).await;
@@ -634,7 +896,12 @@ impl Actor for Controller {
 
     async fn on_end(&mut self, ctx: &Ctx) -> Result<()> {
         if let Some(b) = self.barge_in.take() {
-            ctx.raise(0, SystemKind::ResumeOutput { response_id: b.response_id });
+            ctx.raise(
+                0,
+                SystemKind::ResumeOutput {
+                    response_id: b.response_id,
+                },
+            );
         }
         self.settle(ctx).await
     }

@@ -114,7 +114,12 @@ mod tests {
     fn truncate_keeps_the_heard_words_and_refuses_user_items() {
         let mut c = Conversation::new("");
         c.push("u1", Role::User, "tell me a story", None);
-        c.push("a1", Role::Assistant, "Once upon a time there was a fox.", None);
+        c.push(
+            "a1",
+            Role::Assistant,
+            "Once upon a time there was a fox.",
+            None,
+        );
         c.truncate("a1", "Once upon a ").unwrap();
         assert_eq!(c.get("a1").unwrap().text, "Once upon a");
         assert!(c.get("a1").unwrap().truncated);

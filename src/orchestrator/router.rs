@@ -30,15 +30,55 @@ pub struct ToolInfo {
 }
 
 const MEMORY_CUES: &[&str] = &[
-    "remember", "recall", "earlier", "before", "last time", "again", "did i", "have i", "my name",
-    "who am i", "where did i", "what did i", "when did i", "i told you", "i said", "you said",
-    "my", "ago", "previous", "forgot", "forget",
+    "remember",
+    "recall",
+    "earlier",
+    "before",
+    "last time",
+    "again",
+    "did i",
+    "have i",
+    "my name",
+    "who am i",
+    "where did i",
+    "what did i",
+    "when did i",
+    "i told you",
+    "i said",
+    "you said",
+    "my",
+    "ago",
+    "previous",
+    "forgot",
+    "forget",
 ];
 
 const VISION_CUES: &[&str] = &[
-    "see", "look", "looking", "watch", "camera", "holding", "hold", "in my hand", "in front of",
-    "this is", "what is this", "what's this", "what am i", "show", "showing", "picture", "color",
-    "colour", "wearing", "on the desk", "on my desk", "room", "behind me", "visible", "screen",
+    "see",
+    "look",
+    "looking",
+    "watch",
+    "camera",
+    "holding",
+    "hold",
+    "in my hand",
+    "in front of",
+    "this is",
+    "what is this",
+    "what's this",
+    "what am i",
+    "show",
+    "showing",
+    "picture",
+    "color",
+    "colour",
+    "wearing",
+    "on the desk",
+    "on my desk",
+    "room",
+    "behind me",
+    "visible",
+    "screen",
 ];
 
 /// Cosine similarity above which the best memory is relevant on its own.
@@ -48,9 +88,18 @@ fn normalized(text: &str) -> String {
     let lower: String = text
         .to_lowercase()
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
         .collect();
-    format!(" {} ", lower.split_whitespace().collect::<Vec<_>>().join(" "))
+    format!(
+        " {} ",
+        lower.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
 }
 
 /// The first cue phrase found as whole words in `text` (from `normalized`).
@@ -77,7 +126,10 @@ pub fn route(
         },
         (Some(score), Some(c)) => Route {
             used: true,
-            reason: format!("asks about the past (\"{}\"), best match {score:.2}", c.trim()),
+            reason: format!(
+                "asks about the past (\"{}\"), best match {score:.2}",
+                c.trim()
+            ),
         },
         (Some(score), None) if score >= MEMORY_SCORE => Route {
             used: true,
@@ -141,8 +193,16 @@ mod tests {
     #[test]
     fn memory_is_consulted_for_the_past_and_close_matches_only() {
         assert!(route("What is my name?", Some(0.2), false, &[]).memory.used);
-        assert!(route("Where did I park?", Some(0.1), false, &[]).memory.used);
-        assert!(route("I parked somewhere", Some(0.7), false, &[]).memory.used);
+        assert!(
+            route("Where did I park?", Some(0.1), false, &[])
+                .memory
+                .used
+        );
+        assert!(
+            route("I parked somewhere", Some(0.7), false, &[])
+                .memory
+                .used
+        );
         let d = route("Tell me a joke", Some(0.1), false, &[]);
         assert!(!d.memory.used, "{d:?}");
         assert!(!route("What is my name?", None, false, &[]).memory.used);
@@ -153,8 +213,15 @@ mod tests {
         assert!(route("What do you see?", None, true, &[]).vision.used);
         assert!(route("what am I holding", None, true, &[]).vision.used);
         assert!(!route("What do you see?", None, false, &[]).vision.used);
-        assert!(!route("What is the capital of France?", None, true, &[]).vision.used);
-        assert!(!route("I'll seek it", None, true, &[]).vision.used, "no partial-word cue");
+        assert!(
+            !route("What is the capital of France?", None, true, &[])
+                .vision
+                .used
+        );
+        assert!(
+            !route("I'll seek it", None, true, &[]).vision.used,
+            "no partial-word cue"
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ impl TtsActor {
             anyhow::bail!("speed must be between 0.25 and 4, got {}", params.speed);
         }
         if !(10..=200).contains(&params.chunk_ms) {
-            anyhow::bail!("chunk_ms must be between 10 and 200, got {}", params.chunk_ms);
+            anyhow::bail!(
+                "chunk_ms must be between 10 and 200, got {}",
+                params.chunk_ms
+            );
         }
         synth.set_speed(params.speed);
         Ok(TtsActor {
@@ -62,11 +65,20 @@ impl TtsActor {
         })
     }
 
-    async fn speak(&mut self, frame: &DataFrame, item_id: &str, text: &str, ctx: &Ctx) -> Result<()> {
+    async fn speak(
+        &mut self,
+        frame: &DataFrame,
+        item_id: &str,
+        text: &str,
+        ctx: &Ctx,
+    ) -> Result<()> {
         if ctx.is_dead(frame.response_id) {
             return Ok(());
         }
-        let mut synth = self.synth.take().context("synthesizer lost after an earlier failure")?;
+        let mut synth = self
+            .synth
+            .take()
+            .context("synthesizer lost after an earlier failure")?;
         let clause = text.to_string();
         let started = Instant::now();
         let (synth, result) = tokio::task::spawn_blocking(move || {
@@ -77,7 +89,11 @@ impl TtsActor {
         .context("synthesis task failed")?;
         self.synth = Some(synth);
         let pcm = result.with_context(|| format!("synthesizing \"{text}\""))?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, text, "clause synthesized");
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            text,
+            "clause synthesized"
+        );
         if ctx.is_dead(frame.response_id) || pcm.samples.is_empty() {
             return Ok(());
         }

@@ -377,9 +377,11 @@ impl EspeakPhonemizer {
                     anyhow!("cannot run {shown}: {e}")
                 }
             })?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (process.stdin.take(), process.stdout.take(), process.stderr.take())
-        else {
+        let (Some(stdin), Some(stdout), Some(stderr)) = (
+            process.stdin.take(),
+            process.stdout.take(),
+            process.stderr.take(),
+        ) else {
             let _ = process.kill();
             let _ = process.wait();
             bail!("cannot open pipes to {shown}");
@@ -427,28 +429,7 @@ impl EspeakPhonemizer {
             stderr: Some(stderr),
         };
 
-        // Calibrate: the sentinel twice must give the same single line twice.
-        let calibration = (|| -> Result<String, String> {
-            child
-                .stdin
-                .write_all(format!("{SENTINEL}\n{SENTINEL}\n").as_bytes())
-                .and_then(|()| child.stdin.flush())
-                .map_err(|e| format!("writing to it: {e}"))?;
-            let mut got = Vec::new();
-            for _ in 0..2 {
-                match child.lines.recv_timeout(self.timeout) {
-                    Ok(line) => got.push(line),
-                    Err(RecvTimeoutError::Timeout) => {
-                        return Err(format!("no output within {:?}", self.timeout));
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return Err("it exited".into()),
-                }
-            }
-            if got[0].is_empty() || got[0] != got[1] {
-                return Err(format!("unusable sentinel output {got:?}"));
-            }
-            Ok(got.swap_remove(0))
-        })();
+        let calibration = calibrate(&mut child, self.timeout);
         match calibration {
             Ok(ipa) => {
                 tracing::debug!(pid = child.process.id(), voice = %self.voice, sentinel = %ipa, "espeak-ng started");
@@ -466,6 +447,28 @@ impl EspeakPhonemizer {
             }
         }
     }
+}
+
+/// Learns the sentinel's IPA: the sentinel sent twice must give the same
+/// single, non-empty line twice (a sentinel giving two lines would fail).
+fn calibrate(child: &mut EspeakChild, timeout: Duration) -> Result<String, String> {
+    child
+        .stdin
+        .write_all(format!("{SENTINEL}\n{SENTINEL}\n").as_bytes())
+        .and_then(|()| child.stdin.flush())
+        .map_err(|e| format!("writing to it: {e}"))?;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match child.lines.recv_timeout(timeout) {
+            Ok(line) => got.push(line),
+            Err(RecvTimeoutError::Timeout) => return Err(format!("no output within {timeout:?}")),
+            Err(RecvTimeoutError::Disconnected) => return Err("it exited".into()),
+        }
+    }
+    if got[0].is_empty() || got[0] != got[1] {
+        return Err(format!("unusable sentinel output {got:?}"));
+    }
+    Ok(got.swap_remove(0))
 }
 
 /// Voice names go on the command line: keep them to espeak's alphabet.
@@ -704,11 +707,14 @@ mod tests {
                 clause("go!?", Some(Question)),
             ]
         );
-        assert_eq!(split_clauses("... , ?"), [
-            clause("...", Some(Period)),
-            clause(",", Some(Comma)),
-            clause("?", Some(Question)),
-        ]);
+        assert_eq!(
+            split_clauses("... , ?"),
+            [
+                clause("...", Some(Period)),
+                clause(",", Some(Comma)),
+                clause("?", Some(Question)),
+            ]
+        );
         assert!(split_clauses("").is_empty());
     }
 
@@ -717,7 +723,11 @@ mod tests {
         let text = "word ".repeat(500);
         let pieces = split_long(&text, MAX_LINE_BYTES);
         assert!(pieces.len() >= 3);
-        assert!(pieces.iter().all(|p| p.len() <= MAX_LINE_BYTES && !p.contains("  ")));
+        assert!(
+            pieces
+                .iter()
+                .all(|p| p.len() <= MAX_LINE_BYTES && !p.contains("  "))
+        );
         assert_eq!(pieces.join(" "), text.trim());
         // No spaces at all: cut at a character boundary.
         let pieces = split_long(&"é".repeat(1000), 901);
@@ -833,7 +843,10 @@ mod tests {
             p.phonemize_sentences("Hello, world. How are you?").unwrap(),
             ["həlˈoʊ, wˈɜːld.", "hˈaʊ ɑːɹ juː?"]
         );
-        assert_eq!(p.phonemize("Yes: no; maybe").unwrap(), "jˈɛs: nˈoʊ; mˈeɪbiː");
+        assert_eq!(
+            p.phonemize("Yes: no; maybe").unwrap(),
+            "jˈɛs: nˈoʊ; mˈeɪbiː"
+        );
     }
 
     #[test]
@@ -867,7 +880,11 @@ mod tests {
         let lines = p.phonemize("line one\nline two").unwrap();
         assert_eq!(lines, p.phonemize("line one line two").unwrap());
         let long_ipa = p.phonemize(&long).unwrap();
-        assert_eq!(long_ipa.matches("fˈɑːks").count(), 60, "no word lost or split");
+        assert_eq!(
+            long_ipa.matches("fˈɑːks").count(),
+            60,
+            "no word lost or split"
+        );
         assert_eq!(p.pid(), pid);
         assert_eq!(p.restarts(), 0);
     }
@@ -892,10 +909,16 @@ mod tests {
     fn missing_program_and_voice_are_clear_errors() {
         let err = EspeakPhonemizer::start_program("/nonexistent/espeak-ng", "en-us").unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("espeak-ng not found: apt-get install espeak-ng"), "{msg}");
+        assert!(
+            msg.contains("espeak-ng not found: apt-get install espeak-ng"),
+            "{msg}"
+        );
         let err = EspeakPhonemizer::start("xx-nope").unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("failed at start-up") && msg.contains("voice"), "{msg}");
+        assert!(
+            msg.contains("failed at start-up") && msg.contains("voice"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 
 use crate::audio::{StreamResampler, pcm16_base64_encode};
 use crate::graph::frame::ResponseSummary;
-use crate::graph::{Actor, AudioChunk, Ctx, DataFrame, Payload, ResponseId, SystemFrame, SystemKind};
+use crate::graph::{
+    Actor, AudioChunk, Ctx, DataFrame, Payload, ResponseId, SystemFrame, SystemKind,
+};
 use crate::latency::{Latency, Stage};
 use crate::orchestrator::heard::Heard;
 use crate::realtime;
@@ -84,7 +86,10 @@ pub struct OutputActor {
 impl OutputActor {
     pub fn new(params: &OutputParams, heard: Arc<Heard>, latency: Arc<Latency>) -> Result<Self> {
         if !(8_000..=48_000).contains(&params.sample_rate) {
-            bail!("sample_rate must be 8000..48000, got {}", params.sample_rate);
+            bail!(
+                "sample_rate must be 8000..48000, got {}",
+                params.sample_rate
+            );
         }
         if !(10..=100).contains(&params.frame_ms) {
             bail!("frame_ms must be 10..100, got {}", params.frame_ms);
@@ -108,7 +113,11 @@ impl OutputActor {
     }
 
     fn entry(&mut self, response_id: ResponseId, item_id: &str) -> &mut Playing {
-        let at = match self.playing.iter().position(|p| p.response_id == response_id) {
+        let at = match self
+            .playing
+            .iter()
+            .position(|p| p.response_id == response_id)
+        {
             Some(at) => at,
             None => {
                 self.playing.push_back(Playing {
@@ -264,7 +273,8 @@ impl OutputActor {
             v
         };
         if audio {
-            ctx.events().emit("response.output_audio.done", 0, ids.clone());
+            ctx.events()
+                .emit("response.output_audio.done", 0, ids.clone());
             ctx.events().emit(
                 "response.output_audio_transcript.done",
                 0,
@@ -276,8 +286,11 @@ impl OutputActor {
                 with(json!({"part": {"type": "audio", "transcript": s.transcript}})),
             );
         } else {
-            ctx.events()
-                .emit("response.output_text.done", 0, with(json!({"text": s.transcript})));
+            ctx.events().emit(
+                "response.output_text.done",
+                0,
+                with(json!({"text": s.transcript})),
+            );
             ctx.events().emit(
                 "response.content_part.done",
                 0,
@@ -290,7 +303,8 @@ impl OutputActor {
             0,
             json!({"response_id": s.response_id, "output_index": 0, "item": item.clone()}),
         );
-        ctx.events().emit("conversation.item.done", 0, json!({"item": item.clone()}));
+        ctx.events()
+            .emit("conversation.item.done", 0, json!({"item": item.clone()}));
         ctx.events().emit(
             "response.done",
             0,
@@ -335,7 +349,11 @@ impl Actor for OutputActor {
             }
             SystemKind::PauseOutput { response_id } | SystemKind::ResumeOutput { response_id } => {
                 let paused = matches!(frame.kind, SystemKind::PauseOutput { .. });
-                for p in self.playing.iter_mut().filter(|p| p.response_id == *response_id) {
+                for p in self
+                    .playing
+                    .iter_mut()
+                    .filter(|p| p.response_id == *response_id)
+                {
                     p.paused = paused;
                 }
             }

@@ -518,7 +518,10 @@ pub fn convert_ct2_to_ggml(ct2_dir: &Path, out: &Path) -> Result<()> {
 
 /// `<out>.partial`, next to `out` so the rename is atomic.
 fn temp_path(out: &Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".partial");
     out.with_file_name(name)
 }
@@ -574,10 +577,32 @@ fn plan(model: &Ct2Model) -> Result<(GgmlHparams, Vec<Planned<'_>>)> {
         out: Vec::new(),
     };
     // Encoder.
-    p.whole("encoder.conv1.weight".into(), "encoder/conv1/weight", &[d, n_mels, 3], F16)?;
-    p.reshaped("encoder.conv1.bias".into(), "encoder/conv1/bias", &[d], &[d, 1], F32)?;
-    p.whole("encoder.conv2.weight".into(), "encoder/conv2/weight", &[d, d, 3], F16)?;
-    p.reshaped("encoder.conv2.bias".into(), "encoder/conv2/bias", &[d], &[d, 1], F32)?;
+    p.whole(
+        "encoder.conv1.weight".into(),
+        "encoder/conv1/weight",
+        &[d, n_mels, 3],
+        F16,
+    )?;
+    p.reshaped(
+        "encoder.conv1.bias".into(),
+        "encoder/conv1/bias",
+        &[d],
+        &[d, 1],
+        F32,
+    )?;
+    p.whole(
+        "encoder.conv2.weight".into(),
+        "encoder/conv2/weight",
+        &[d, d, 3],
+        F16,
+    )?;
+    p.reshaped(
+        "encoder.conv2.bias".into(),
+        "encoder/conv2/bias",
+        &[d],
+        &[d, 1],
+        F32,
+    )?;
     p.whole(
         "encoder.positional_embedding".into(),
         "encoder/position_encodings/encodings",
@@ -590,8 +615,18 @@ fn plan(model: &Ct2Model) -> Result<(GgmlHparams, Vec<Planned<'_>>)> {
         self_attention(&mut p, &src, &dst, d)?;
         mlp(&mut p, &src, &dst, d)?;
     }
-    p.whole("encoder.ln_post.weight".into(), "encoder/layer_norm/gamma", &[d], F32)?;
-    p.whole("encoder.ln_post.bias".into(), "encoder/layer_norm/beta", &[d], F32)?;
+    p.whole(
+        "encoder.ln_post.weight".into(),
+        "encoder/layer_norm/gamma",
+        &[d],
+        F32,
+    )?;
+    p.whole(
+        "encoder.ln_post.bias".into(),
+        "encoder/layer_norm/beta",
+        &[d],
+        F32,
+    )?;
     // Decoder. `decoder/projection/weight` is an alias of the embeddings
     // (tied weights): whisper.cpp reuses the token embedding, skip it.
     p.whole(
@@ -613,8 +648,18 @@ fn plan(model: &Ct2Model) -> Result<(GgmlHparams, Vec<Planned<'_>>)> {
         cross_attention(&mut p, &src, &dst, d)?;
         mlp(&mut p, &src, &dst, d)?;
     }
-    p.whole("decoder.ln.weight".into(), "decoder/layer_norm/gamma", &[d], F32)?;
-    p.whole("decoder.ln.bias".into(), "decoder/layer_norm/beta", &[d], F32)?;
+    p.whole(
+        "decoder.ln.weight".into(),
+        "decoder/layer_norm/gamma",
+        &[d],
+        F32,
+    )?;
+    p.whole(
+        "decoder.ln.bias".into(),
+        "decoder/layer_norm/beta",
+        &[d],
+        F32,
+    )?;
 
     if p.out.len() != hparams.expected_tensors() {
         bail!(
@@ -632,17 +677,51 @@ fn self_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result
     use GgmlType::{F16, F32};
     let w = format!("{src}/self_attention/linear_0/weight");
     let b = format!("{src}/self_attention/linear_0/bias");
-    p.part(format!("{dst}.attn.query.weight"), &w, &[3 * d, d], 3, 0, F16)?;
+    p.part(
+        format!("{dst}.attn.query.weight"),
+        &w,
+        &[3 * d, d],
+        3,
+        0,
+        F16,
+    )?;
     p.part(format!("{dst}.attn.query.bias"), &b, &[3 * d], 3, 0, F32)?;
     p.part(format!("{dst}.attn.key.weight"), &w, &[3 * d, d], 3, 1, F16)?;
-    p.part(format!("{dst}.attn.value.weight"), &w, &[3 * d, d], 3, 2, F16)?;
+    p.part(
+        format!("{dst}.attn.value.weight"),
+        &w,
+        &[3 * d, d],
+        3,
+        2,
+        F16,
+    )?;
     p.part(format!("{dst}.attn.value.bias"), &b, &[3 * d], 3, 2, F32)?;
     let o = format!("{src}/self_attention/linear_1");
-    p.whole(format!("{dst}.attn.out.weight"), &format!("{o}/weight"), &[d, d], F16)?;
-    p.whole(format!("{dst}.attn.out.bias"), &format!("{o}/bias"), &[d], F32)?;
+    p.whole(
+        format!("{dst}.attn.out.weight"),
+        &format!("{o}/weight"),
+        &[d, d],
+        F16,
+    )?;
+    p.whole(
+        format!("{dst}.attn.out.bias"),
+        &format!("{o}/bias"),
+        &[d],
+        F32,
+    )?;
     let ln = format!("{src}/self_attention/layer_norm");
-    p.whole(format!("{dst}.attn_ln.weight"), &format!("{ln}/gamma"), &[d], F32)?;
-    p.whole(format!("{dst}.attn_ln.bias"), &format!("{ln}/beta"), &[d], F32)?;
+    p.whole(
+        format!("{dst}.attn_ln.weight"),
+        &format!("{ln}/gamma"),
+        &[d],
+        F32,
+    )?;
+    p.whole(
+        format!("{dst}.attn_ln.bias"),
+        &format!("{ln}/beta"),
+        &[d],
+        F32,
+    )?;
     Ok(())
 }
 
@@ -652,19 +731,70 @@ fn self_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result
 fn cross_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result<()> {
     use GgmlType::{F16, F32};
     let q = format!("{src}/attention/linear_0");
-    p.whole(format!("{dst}.cross_attn.query.weight"), &format!("{q}/weight"), &[d, d], F16)?;
-    p.whole(format!("{dst}.cross_attn.query.bias"), &format!("{q}/bias"), &[d], F32)?;
+    p.whole(
+        format!("{dst}.cross_attn.query.weight"),
+        &format!("{q}/weight"),
+        &[d, d],
+        F16,
+    )?;
+    p.whole(
+        format!("{dst}.cross_attn.query.bias"),
+        &format!("{q}/bias"),
+        &[d],
+        F32,
+    )?;
     let w = format!("{src}/attention/linear_1/weight");
     let b = format!("{src}/attention/linear_1/bias");
-    p.part(format!("{dst}.cross_attn.key.weight"), &w, &[2 * d, d], 2, 0, F16)?;
-    p.part(format!("{dst}.cross_attn.value.weight"), &w, &[2 * d, d], 2, 1, F16)?;
-    p.part(format!("{dst}.cross_attn.value.bias"), &b, &[2 * d], 2, 1, F32)?;
+    p.part(
+        format!("{dst}.cross_attn.key.weight"),
+        &w,
+        &[2 * d, d],
+        2,
+        0,
+        F16,
+    )?;
+    p.part(
+        format!("{dst}.cross_attn.value.weight"),
+        &w,
+        &[2 * d, d],
+        2,
+        1,
+        F16,
+    )?;
+    p.part(
+        format!("{dst}.cross_attn.value.bias"),
+        &b,
+        &[2 * d],
+        2,
+        1,
+        F32,
+    )?;
     let o = format!("{src}/attention/linear_2");
-    p.whole(format!("{dst}.cross_attn.out.weight"), &format!("{o}/weight"), &[d, d], F16)?;
-    p.whole(format!("{dst}.cross_attn.out.bias"), &format!("{o}/bias"), &[d], F32)?;
+    p.whole(
+        format!("{dst}.cross_attn.out.weight"),
+        &format!("{o}/weight"),
+        &[d, d],
+        F16,
+    )?;
+    p.whole(
+        format!("{dst}.cross_attn.out.bias"),
+        &format!("{o}/bias"),
+        &[d],
+        F32,
+    )?;
     let ln = format!("{src}/attention/layer_norm");
-    p.whole(format!("{dst}.cross_attn_ln.weight"), &format!("{ln}/gamma"), &[d], F32)?;
-    p.whole(format!("{dst}.cross_attn_ln.bias"), &format!("{ln}/beta"), &[d], F32)?;
+    p.whole(
+        format!("{dst}.cross_attn_ln.weight"),
+        &format!("{ln}/gamma"),
+        &[d],
+        F32,
+    )?;
+    p.whole(
+        format!("{dst}.cross_attn_ln.bias"),
+        &format!("{ln}/beta"),
+        &[d],
+        F32,
+    )?;
     Ok(())
 }
 
@@ -672,12 +802,42 @@ fn cross_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Resul
 fn mlp(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result<()> {
     use GgmlType::{F16, F32};
     let f = format!("{src}/ffn");
-    p.whole(format!("{dst}.mlp.0.weight"), &format!("{f}/linear_0/weight"), &[4 * d, d], F16)?;
-    p.whole(format!("{dst}.mlp.0.bias"), &format!("{f}/linear_0/bias"), &[4 * d], F32)?;
-    p.whole(format!("{dst}.mlp.2.weight"), &format!("{f}/linear_1/weight"), &[d, 4 * d], F16)?;
-    p.whole(format!("{dst}.mlp.2.bias"), &format!("{f}/linear_1/bias"), &[d], F32)?;
-    p.whole(format!("{dst}.mlp_ln.weight"), &format!("{f}/layer_norm/gamma"), &[d], F32)?;
-    p.whole(format!("{dst}.mlp_ln.bias"), &format!("{f}/layer_norm/beta"), &[d], F32)?;
+    p.whole(
+        format!("{dst}.mlp.0.weight"),
+        &format!("{f}/linear_0/weight"),
+        &[4 * d, d],
+        F16,
+    )?;
+    p.whole(
+        format!("{dst}.mlp.0.bias"),
+        &format!("{f}/linear_0/bias"),
+        &[4 * d],
+        F32,
+    )?;
+    p.whole(
+        format!("{dst}.mlp.2.weight"),
+        &format!("{f}/linear_1/weight"),
+        &[d, 4 * d],
+        F16,
+    )?;
+    p.whole(
+        format!("{dst}.mlp.2.bias"),
+        &format!("{f}/linear_1/bias"),
+        &[d],
+        F32,
+    )?;
+    p.whole(
+        format!("{dst}.mlp_ln.weight"),
+        &format!("{f}/layer_norm/gamma"),
+        &[d],
+        F32,
+    )?;
+    p.whole(
+        format!("{dst}.mlp_ln.bias"),
+        &format!("{f}/layer_norm/beta"),
+        &[d],
+        F32,
+    )?;
     Ok(())
 }
 
@@ -952,7 +1112,8 @@ pub fn inspect_ggml(path: &Path) -> Result<GgmlInfo> {
             shape.push(r.i32("tensor dims")?.max(0) as usize);
         }
         shape.reverse();
-        let name = String::from_utf8_lossy(&r.bytes(name_len as usize, "a tensor name")?).into_owned();
+        let name =
+            String::from_utf8_lossy(&r.bytes(name_len as usize, "a tensor name")?).into_owned();
         let nbytes = shape.iter().product::<usize>() as u64 * ty.size() as u64;
         if r.pos + nbytes > len {
             bail!("{}: tensor `{name}` data is truncated", path.display());
@@ -984,7 +1145,11 @@ impl GgmlReader<'_> {
     fn bytes(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
         let mut b = vec![0u8; n];
         self.r.read_exact(&mut b).with_context(|| {
-            format!("{}: truncated reading {what} at offset {}", self.path.display(), self.pos)
+            format!(
+                "{}: truncated reading {what} at offset {}",
+                self.path.display(),
+                self.pos
+            )
         })?;
         self.pos += n as u64;
         Ok(b)
@@ -1012,7 +1177,16 @@ mod tests {
 
     #[test]
     fn half_floats_round_trip() {
-        for v in [0.0f32, -0.0, 1.0, -2.5, 65504.0, 6.1035156e-5, 5.9604645e-8, 0.333_251_95] {
+        for v in [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            65504.0,
+            6.1035156e-5,
+            5.9604645e-8,
+            0.333_251_95,
+        ] {
             assert_eq!(f16_to_f32(f32_to_f16(v)), v, "{v}");
         }
         assert_eq!(f32_to_f16(1.0), 0x3c00);
@@ -1047,7 +1221,10 @@ mod tests {
         let json = r#"{"added_tokens":[{"id":3,"content":"<|endoftext|>"}],
             "model":{"type":"BPE","vocab":{"a":0,"Ġthe":1,"Ã©":2,"<|endoftext|>":3}}}"#;
         let v = parse_vocab(json).expect("parses");
-        assert_eq!(v, [b"a".to_vec(), b" the".to_vec(), "é".as_bytes().to_vec()]);
+        assert_eq!(
+            v,
+            [b"a".to_vec(), b" the".to_vec(), "é".as_bytes().to_vec()]
+        );
         let gap = json.replace("\"Ã©\":2", "\"Ã©\":5");
         let e = parse_vocab(&gap).expect_err("id 2 missing").to_string();
         assert!(e.contains("token id 2 is missing"), "{e}");
@@ -1056,12 +1233,18 @@ mod tests {
     #[test]
     fn ct2_parse_errors_are_clear() {
         let p = Path::new("/x/model.bin");
-        let e = Ct2Model::parse(p, vec![5, 0, 0, 0]).err().expect("bad version").to_string();
+        let e = Ct2Model::parse(p, vec![5, 0, 0, 0])
+            .err()
+            .expect("bad version")
+            .to_string();
         assert!(e.contains("version 5"), "{e}");
         let mut b = 6u32.to_le_bytes().to_vec();
         b.extend_from_slice(&4u16.to_le_bytes());
         b.extend_from_slice(b"Foo\0");
-        let e = Ct2Model::parse(p, b.clone()).err().expect("bad spec").to_string();
+        let e = Ct2Model::parse(p, b.clone())
+            .err()
+            .expect("bad spec")
+            .to_string();
         assert!(e.contains("`Foo`"), "{e}");
         let mut b = 6u32.to_le_bytes().to_vec();
         b.extend_from_slice(&12u16.to_le_bytes());

@@ -67,7 +67,13 @@ fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     }
     let step = (stop - start) / (num - 1) as f64;
     (0..num)
-        .map(|i| if i == num - 1 { stop } else { i as f64 * step + start })
+        .map(|i| {
+            if i == num - 1 {
+                stop
+            } else {
+                i as f64 * step + start
+            }
+        })
         .collect()
 }
 
@@ -148,7 +154,11 @@ mod tests {
             .map(|r| r.iter().map(|&w| f64::from(w)).sum())
             .collect();
         for (mel, want) in [(0, 0.024_862_59), (20, 0.024_862_59), (40, 0.026_664_86)] {
-            assert!((row_sums[mel] - want).abs() < 1e-7, "row {mel}: {}", row_sums[mel]);
+            assert!(
+                (row_sums[mel] - want).abs() < 1e-7,
+                "row {mel}: {}",
+                row_sums[mel]
+            );
         }
         let total: f64 = row_sums.iter().sum();
         assert!((total - 1.999_024_092_387_117).abs() < 1e-6, "{total}");

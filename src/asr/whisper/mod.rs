@@ -169,9 +169,8 @@ impl WhisperModel {
     /// [`corrupt_model_error`] when whisper.cpp cannot load the file.
     pub fn load(store: &ModelStore) -> Result<WhisperModel> {
         let path = store.file(ids::WHISPER_TINY_EN, GGML_FILE)?;
-        WhisperModel::load_file(&path).map_err(|e| {
-            corrupt_model_error(ids::WHISPER_TINY_EN, &path, format!("{e:#}"))
-        })
+        WhisperModel::load_file(&path)
+            .map_err(|e| corrupt_model_error(ids::WHISPER_TINY_EN, &path, format!("{e:#}")))
     }
 
     /// Loads a whisper.cpp ggml model file.
@@ -317,7 +316,10 @@ impl WhisperSession {
         }
         result.map_err(|e| {
             let detail = take_log_errors();
-            anyhow!("whisper.cpp failed to transcribe: {e} {}", detail.join("; "))
+            anyhow!(
+                "whisper.cpp failed to transcribe: {e} {}",
+                detail.join("; ")
+            )
         })?;
 
         let mut text = String::new();
@@ -325,6 +327,23 @@ impl WhisperSession {
             let s = segment
                 .to_str_lossy()
                 .context("reading a whisper.cpp segment")?;
+            let n = segment.n_tokens();
+            let (mut sum, mut count) = (0f32, 0);
+            for i in 0..n {
+                if let Some(t) = segment.get_token(i) {
+                    let d = t.token_data();
+                    if d.id < 50256 {
+                        sum += d.plog;
+                        count += 1;
+                    }
+                }
+            }
+            eprintln!(
+                "NOSPEECH {:.3} avg_logprob {:.3} tokens {count} {:?}",
+                segment.no_speech_probability(),
+                sum / count.max(1) as f32,
+                s
+            );
             text.push_str(&s);
         }
         drop(abort);
@@ -343,7 +362,11 @@ thread_local! {
 
 fn take_log_errors() -> Vec<String> {
     LOG_ERRORS
-        .try_with(|e| e.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default())
+        .try_with(|e| {
+            e.try_borrow_mut()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
+        })
         .unwrap_or_default()
 }
 

@@ -3,14 +3,19 @@
 //! abort tests on real speech are in `tests/whisper_backend.rs`.
 
 use super::*;
+use crate::asr::wer::WerTally;
 use crate::models::testutil::TempDir;
+use std::time::Instant;
 
 #[test]
 fn audio_ctx_follows_the_audio_within_bounds() {
     let sec = SAMPLE_RATE as usize;
     assert_eq!(audio_ctx_for(sec, 0), 50 + AUDIO_CTX_MARGIN);
     assert_eq!(audio_ctx_for(sec + 1, 0), 51 + AUDIO_CTX_MARGIN);
-    assert_eq!(audio_ctx_for(sec, DEFAULT_AUDIO_CTX_FLOOR), DEFAULT_AUDIO_CTX_FLOOR);
+    assert_eq!(
+        audio_ctx_for(sec, DEFAULT_AUDIO_CTX_FLOOR),
+        DEFAULT_AUDIO_CTX_FLOOR
+    );
     assert_eq!(audio_ctx_for(10 * sec, 384), 500 + AUDIO_CTX_MARGIN);
     assert_eq!(audio_ctx_for(29 * sec, 384), 29 * 50 + AUDIO_CTX_MARGIN);
     assert_eq!(audio_ctx_for(30 * sec, 384), MAX_AUDIO_CTX);
@@ -104,7 +109,9 @@ fn converts_the_installed_ct2_model() {
         info.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     assert_eq!(by_name.len(), 167, "tensor names are unique");
     let check = |name: &str, shape: &[usize], ty: ggml::GgmlType| {
-        let t = by_name.get(name).unwrap_or_else(|| panic!("no tensor {name}"));
+        let t = by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"));
         assert_eq!((t.shape.as_slice(), t.ty), (shape, ty), "{name}");
     };
     use ggml::GgmlType::{F16, F32};
@@ -155,4 +162,177 @@ fn convert_errors_name_the_file() {
     let msg = format!("{err:#}");
     assert!(msg.contains("model.bin") && msg.contains("`abc`"), "{msg}");
     assert!(!out.exists());
+}
+
+// ---------------------------------------------------------------------------
+// Measurement: encoder-window settings on real speech
+
+/// A clip of pocketsphinx-testdata and its reference transcript.
+struct Clip {
+    set: &'static str,
+    audio: Vec<f32>,
+    reference: String,
+}
+
+/// The five LibriVox clips, then the five "cards" clips.
+fn test_clips() -> Vec<Clip> {
+    let mut clips = Vec::new();
+    for (set, dir, list) in [
+        (
+            "librivox",
+            "/usr/share/pocketsphinx/test/data/librivox",
+            "transcription",
+        ),
+        (
+            "cards",
+            "/usr/share/pocketsphinx/test/data/cards",
+            "cards.transcription",
+        ),
+    ] {
+        let text = std::fs::read_to_string(Path::new(dir).join(list)).expect("transcription");
+        let mut set_clips: Vec<(String, Clip)> = text
+            .lines()
+            .filter_map(|line| {
+                let open = line.rfind('(')?;
+                let id = line[open + 1..].trim().trim_end_matches(')').to_string();
+                let reference = line[..open].replace("<s>", "").replace("</s>", "");
+                let pcm = crate::audio::decode_file(&Path::new(dir).join(format!("{id}.wav")))
+                    .expect("decode");
+                Some((
+                    id,
+                    Clip {
+                        set,
+                        audio: pcm.samples,
+                        reference: reference.trim().into(),
+                    },
+                ))
+            })
+            .collect();
+        set_clips.sort_by(|a, b| a.0.cmp(&b.0));
+        clips.extend(set_clips.into_iter().map(|(_, c)| c));
+    }
+    assert_eq!(clips.len(), 10);
+    clips
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Speed/accuracy over encoder-window settings (floor, margin), greedy vs
+/// beam, fallback on/off. Prints a table; asserts nothing. Each clip runs
+/// three times on one session (forward, forward, reversed order): errors of
+/// the first and the reversed pass (order effects), and the fastest of the
+/// three times per clip (robust to other load on the machine).
+#[test]
+#[ignore = "measurement: cargo test --release --lib sweep_audio_ctx -- --ignored --nocapture"]
+fn sweep_audio_ctx_settings() {
+    let model = WhisperModel::load(&ModelStore::from_env()).expect("model");
+    let clips = test_clips();
+    let mut configs: Vec<(String, DecodeOptions)> = Vec::new();
+    let base = DecodeOptions {
+        threads: 2,
+        ..DecodeOptions::default()
+    };
+    let only = std::env::var("SWEEP").unwrap_or_default();
+    for floor in [0usize, 256, 320, 384, 448, 512, 1500] {
+        for margin in [0usize, 16, 32, 64] {
+            if floor == 1500 && margin > 0 {
+                continue;
+            }
+            configs.push((
+                format!("floor {floor:4} margin {margin:2} greedy"),
+                DecodeOptions {
+                    audio_ctx_floor: floor,
+                    audio_ctx_margin: margin,
+                    ..base.clone()
+                },
+            ));
+        }
+    }
+    for floor in [0usize, 384, 512] {
+        configs.push((
+            format!("floor {floor:4} margin 32 greedy no-fallback"),
+            DecodeOptions {
+                audio_ctx_floor: floor,
+                temperature_fallback: false,
+                ..base.clone()
+            },
+        ));
+        configs.push((
+            format!("floor {floor:4} margin 32 beam 5"),
+            DecodeOptions {
+                audio_ctx_floor: floor,
+                beam: Some(5),
+                ..base.clone()
+            },
+        ));
+    }
+    for (label, o) in &configs {
+        if !only.is_empty() && !only.split(',').any(|w| label.contains(w)) {
+            continue;
+        }
+        let mut session = model.session().expect("session");
+        session.transcribe(&clips[0].audio, o).expect("warm-up");
+        let mut best = vec![f64::INFINITY; clips.len()];
+        let mut errors = Vec::new();
+        for round in 0..3 {
+            let mut order: Vec<usize> = (0..clips.len()).collect();
+            if round == 2 {
+                order.reverse();
+            }
+            let (mut lib, mut cards) = (WerTally::default(), WerTally::default());
+            let mut hyps = Vec::new();
+            for &i in &order {
+                let c = &clips[i];
+                let t0 = Instant::now();
+                let hyp = session.transcribe(&c.audio, o).expect("transcribe");
+                best[i] = best[i].min(ms(t0.elapsed()));
+                if c.set == "librivox" {
+                    lib.add(&c.reference, &hyp);
+                } else {
+                    cards.add(&c.reference, &hyp);
+                }
+                hyps.push(hyp);
+            }
+            if round != 1 {
+                errors.push((lib.errors, cards.errors));
+            }
+            if round == 0 && std::env::var("SWEEP_VERBOSE").is_ok() {
+                eprintln!("  {hyps:?}");
+            }
+        }
+        let lib_ms: f64 = best[..5].iter().sum::<f64>() / 5.0;
+        let cards_ms: f64 = best[5..].iter().sum::<f64>() / 5.0;
+        let worst = best.iter().cloned().fold(0.0, f64::max);
+        eprintln!(
+            "{label:<40} errors librivox {:2}/71 cards {:2}/21 (reversed {:2} {:2}) | best ms: librivox avg {:4.0} cards avg {:4.0} worst {:5.0}",
+            errors[0].0, errors[0].1, errors[1].0, errors[1].1, lib_ms, cards_ms, worst
+        );
+    }
+}
+
+#[test]
+#[ignore = "probe"]
+fn probe_silence() {
+    let model = WhisperModel::load(&ModelStore::from_env()).expect("model");
+    let mut s = model.session().expect("session");
+    let o = DecodeOptions {
+        threads: 2,
+        ..DecodeOptions::default()
+    };
+    for secs in [0.5f32, 1.0, 2.0, 5.0] {
+        let silence = vec![0.0f32; (secs * 16000.0) as usize];
+        eprintln!(
+            "{secs} s silence: {:?}",
+            s.transcribe(&silence, &o).expect("silence")
+        );
+        let noise: Vec<f32> = (0..(secs * 16000.0) as usize)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.01)
+            .collect();
+        eprintln!(
+            "{secs} s noise: {:?}",
+            s.transcribe(&noise, &o).expect("noise")
+        );
+    }
 }

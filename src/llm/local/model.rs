@@ -330,7 +330,10 @@ impl Weights {
         let last = x.i((.., seq - 1, ..))?.contiguous()?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, cfg.rms_eps as f32)?;
         let logits = self.output.forward(&last)?;
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        Ok(logits
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
     }
 
     fn rope_row<'a>(&self, table: &'a [f32], pos: usize) -> &'a [f32] {
@@ -382,14 +385,24 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `q` and `out` are [query][head][head_dim]. Each (query, head) is computed
 /// independently with the same arithmetic; large batches are split across
 /// threads.
-fn attention(q: &[f32], kc: &[f32], vc: &[f32], pos: usize, seq: usize, s: &AttnShape, out: &mut [f32]) {
+fn attention(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    pos: usize,
+    seq: usize,
+    s: &AttnShape,
+    out: &mut [f32],
+) {
     let hd = s.head_dim;
     let items = seq * s.n_head;
     let work = items * (pos + seq / 2 + 1) * hd;
     let threads = if work < 1 << 20 {
         1
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(items)
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(items)
     };
     let run = |first: usize, out: &mut [f32]| {
         let mut scores = Vec::with_capacity(pos + seq);

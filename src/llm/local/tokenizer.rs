@@ -250,7 +250,10 @@ impl GgufTokenizer {
 
     /// The raw bytes of token `id` (empty for control or unknown ids).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Ids back to text (lossy on invalid UTF-8).
