@@ -18,9 +18,9 @@
 //! `scripts/llama-server-peer` (a venv at `target/llama-venv`). When it is
 //! missing the report says so and still has duplex's numbers.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -71,10 +71,9 @@ impl Default for BenchOptions {
 }
 
 /// Medians of one engine's runs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineResult {
     /// What ran, e.g. `duplex (candle, q8_0)`.
-    #[serde(default)]
     pub engine: String,
     pub ttft_cold: Duration,
     pub decode_tps_cold: f64,
@@ -217,6 +216,29 @@ fn duplex_turn(
     })
 }
 
+/// The follow-up turn's prompt: the first prompt, the reply, then `tail`.
+fn followup_prompt(p1: &[u32], reply: &[u32], tail: &[u32]) -> Vec<u32> {
+    let mut p = p1.to_vec();
+    p.extend(reply);
+    p.extend(tail);
+    p
+}
+
+fn summarize(engine: String, cold: &[Turn], warm: &[Turn]) -> EngineResult {
+    let ttft = |ts: &[Turn]| median(&ts.iter().map(|t| t.ttft).collect::<Vec<_>>());
+    let tps = |ts: &[Turn]| median(&ts.iter().map(|t| t.decode_tps).collect::<Vec<_>>());
+    EngineResult {
+        engine,
+        ttft_cold: ttft(cold),
+        decode_tps_cold: tps(cold),
+        ttft_warm: ttft(warm),
+        decode_tps_warm: tps(warm),
+        prefilled_cold: cold[0].prefilled,
+        prefilled_warm: warm[0].prefilled,
+        cold_tokens: cold[0].tokens.clone(),
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(options: &BenchOptions) -> Result<Report> {
     if options.quants.is_empty() || options.runs == 0 || options.gen_tokens < 2 {
@@ -249,6 +271,15 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
     let model_name = first_model.name().to_string();
     let rendered = first_model.render_prompt(&conv);
 
+    let mut peer = if options.peer {
+        Peer::start(options, &path, &p1, &rendered)
+    } else {
+        Err("not requested".to_string())
+    };
+    let mut peer_cold = Vec::new();
+    let mut peer_warm = Vec::new();
+
+    // The engines take turns, run by run, so both see the same machine load.
     let mut duplex = Vec::new();
     let mut model = Some(first_model);
     for &quant in &options.quants {
@@ -258,39 +289,43 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         };
         let load_time = m.load_time();
         let name = format!("duplex (candle, {})", m.weight_quant());
-        // Warm-up: one untimed turn.
+        // Warm-up: one untimed turn each.
         duplex_turn(&mut m.session(), &p1, n)?;
+        if let Ok(p) = &mut peer
+            && peer_cold.is_empty()
+            && let Err(e) = p.turn(&p1, n, true)
+        {
+            peer = Err(e);
+        }
         let mut cold = Vec::new();
         let mut warm = Vec::new();
         for _ in 0..options.runs {
             let mut s = m.session();
             let c = duplex_turn(&mut s, &p1, n)?;
-            let mut p2 = p1.clone();
-            p2.extend(&c.tokens);
-            p2.extend(&tail);
-            warm.push(duplex_turn(&mut s, &p2, n)?);
+            warm.push(duplex_turn(&mut s, &followup_prompt(&p1, &c.tokens, &tail), n)?);
             cold.push(c);
+            if let Ok(p) = &mut peer {
+                let turns = p.turn(&p1, n, true).and_then(|c| {
+                    let w = p.turn(&followup_prompt(&p1, &c.tokens, &tail), n, false)?;
+                    Ok((c, w))
+                });
+                match turns {
+                    Ok((c, w)) => {
+                        peer_cold.push(c);
+                        peer_warm.push(w);
+                    }
+                    Err(e) => peer = Err(e),
+                }
+            }
         }
-        duplex.push((
-            EngineResult {
-                engine: name,
-                ttft_cold: median(&cold.iter().map(|t| t.ttft).collect::<Vec<_>>()),
-                decode_tps_cold: median(&cold.iter().map(|t| t.decode_tps).collect::<Vec<_>>()),
-                ttft_warm: median(&warm.iter().map(|t| t.ttft).collect::<Vec<_>>()),
-                decode_tps_warm: median(&warm.iter().map(|t| t.decode_tps).collect::<Vec<_>>()),
-                prefilled_cold: cold[0].prefilled,
-                prefilled_warm: warm[0].prefilled,
-                cold_tokens: cold[0].tokens.clone(),
-            },
-            load_time,
-        ));
+        duplex.push((summarize(name, &cold, &warm), load_time));
     }
-
-    let peer = if options.peer {
-        run_peer(options, &path, &p1, &tail, &rendered)
-    } else {
-        Err("not requested".to_string())
-    };
+    let peer = peer.map(|p| PeerResult {
+        result: summarize("llama.cpp".into(), &peer_cold, &peer_warm),
+        version: p.version.clone(),
+        same_tokenization: p.same_tokenization,
+        load_time: p.load_time,
+    });
     let file_quant = file_quant_name(&path).unwrap_or_else(|| "as stored".into());
     Ok(Report {
         model: model_name,
@@ -348,25 +383,36 @@ fn python(options: &BenchOptions) -> PathBuf {
     PathBuf::from("python3")
 }
 
-/// The llama.cpp side, driven from Python. Reads a JSON job on stdin and
-/// prints one JSON line.
+/// The llama.cpp side, driven from Python: a JSON job line on stdin, a
+/// JSON "ready" line back, then one JSON turn request per line, each
+/// answered by one JSON line.
 const PEER_SCRIPT: &str = r#"
 import json, sys, time
-job = json.load(sys.stdin)
+
+def out(o):
+    sys.stdout.write(json.dumps(o) + "\n")
+    sys.stdout.flush()
+
+job = json.loads(sys.stdin.readline())
 try:
     import llama_cpp
     from llama_cpp import Llama
 except Exception as e:
-    print(json.dumps({"error": "llama-cpp-python is not importable: %s" % e}))
+    out({"error": "llama-cpp-python is not importable: %s" % e})
     sys.exit(0)
 t0 = time.perf_counter()
 llm = Llama(model_path=job["model"], n_threads=job["threads"], n_threads_batch=job["threads"],
             n_ctx=job["n_ctx"], n_batch=512, verbose=False)
-load_s = time.perf_counter() - t0
-p1, tail, n = job["p1"], job["tail"], job["n"]
-same_tok = llm.tokenize(job["rendered"].encode("utf-8"), add_bos=False, special=True) == p1
+out({"version": getattr(llama_cpp, "__version__", "?"),
+     "load_s": time.perf_counter() - t0,
+     "same_tokenization":
+         llm.tokenize(job["rendered"].encode("utf-8"), add_bos=False, special=True) == job["p1"]})
 
-def turn(tokens):
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["reset"]:
+        llm.reset()
+    tokens, n = req["tokens"], req["n"]
     cached = list(llm._input_ids[: llm.n_tokens])
     lcp = 0
     for a, b in zip(cached, tokens):
@@ -377,53 +423,23 @@ def turn(tokens):
         lcp -= 1
     start = time.perf_counter()
     first = last = None
-    out = []
+    toks = []
     for tok in llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
                             repeat_penalty=1.0, reset=True):
         now = time.perf_counter()
         if first is None:
             first = now
         last = now
-        out.append(int(tok))
-        if len(out) >= n:
+        toks.append(int(tok))
+        if len(toks) >= n:
             break
     decode = last - first
-    return {"ttft": first - start, "tps": (len(out) - 1) / decode if decode > 0 else 0.0,
-            "prefilled": len(tokens) - lcp, "tokens": out}
-
-llm.reset()
-turn(p1)  # warm-up
-cold, warm = [], []
-for _ in range(job["runs"]):
-    llm.reset()
-    c = turn(p1)
-    warm.append(turn(p1 + c["tokens"] + tail))
-    cold.append(c)
-
-def med(xs):
-    return sorted(xs)[len(xs) // 2]
-
-def secs(x):
-    return {"secs": int(x), "nanos": int((x - int(x)) * 1e9)}
-
-print(json.dumps({
-    "version": getattr(llama_cpp, "__version__", "?"),
-    "load_s": load_s,
-    "same_tokenization": same_tok,
-    "result": {
-        "ttft_cold": secs(med([t["ttft"] for t in cold])),
-        "decode_tps_cold": med([t["tps"] for t in cold]),
-        "ttft_warm": secs(med([t["ttft"] for t in warm])),
-        "decode_tps_warm": med([t["tps"] for t in warm]),
-        "prefilled_cold": cold[0]["prefilled"],
-        "prefilled_warm": warm[0]["prefilled"],
-        "cold_tokens": cold[0]["tokens"],
-    },
-}))
+    out({"ttft": first - start, "tps": (len(toks) - 1) / decode if decode > 0 else 0.0,
+         "prefilled": len(tokens) - lcp, "tokens": toks})
 "#;
 
 #[derive(Deserialize)]
-struct PeerOutput {
+struct PeerHello {
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
@@ -432,76 +448,117 @@ struct PeerOutput {
     load_s: f64,
     #[serde(default)]
     same_tokenization: bool,
-    result: Option<EngineResult>,
 }
 
-fn run_peer(
-    options: &BenchOptions,
-    path: &std::path::Path,
-    p1: &[u32],
-    tail: &[u32],
-    rendered: &str,
-) -> std::result::Result<PeerResult, String> {
-    let py = python(options);
-    let n_ctx = (p1.len() + tail.len() + 2 * options.gen_tokens + 64).next_power_of_two();
-    let job = serde_json::json!({
-        "model": path,
-        "threads": options.threads,
-        "n_ctx": n_ctx.max(2048),
-        "p1": p1,
-        "tail": tail,
-        "n": options.gen_tokens,
-        "runs": options.runs,
-        "rendered": rendered,
-    });
-    let mut child = Command::new(&py)
-        .arg("-c")
-        .arg(PEER_SCRIPT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot run {} ({e}); provision llama.cpp with scripts/llama-server-peer",
-                py.display()
-            )
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(job.to_string().as_bytes());
+#[derive(Deserialize)]
+struct PeerTurn {
+    ttft: f64,
+    tps: f64,
+    prefilled: usize,
+    tokens: Vec<u32>,
+}
+
+/// A running llama-cpp-python child process.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    python: PathBuf,
+    version: String,
+    same_tokenization: bool,
+    load_time: Duration,
+}
+
+impl Peer {
+    fn start(
+        options: &BenchOptions,
+        path: &std::path::Path,
+        p1: &[u32],
+        rendered: &str,
+    ) -> std::result::Result<Peer, String> {
+        let py = python(options);
+        let mut child = Command::new(&py)
+            .arg("-c")
+            .arg(PEER_SCRIPT)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run {} ({e}); provision llama.cpp with scripts/llama-server-peer",
+                    py.display()
+                )
+            })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut peer = Peer {
+            child,
+            stdin,
+            stdout,
+            python: py,
+            version: String::new(),
+            same_tokenization: false,
+            load_time: Duration::ZERO,
+        };
+        let n_ctx = (p1.len() + 2 * options.gen_tokens + 256).next_power_of_two();
+        let job = serde_json::json!({
+            "model": path,
+            "threads": options.threads,
+            "n_ctx": n_ctx.max(2048),
+            "p1": p1,
+            "rendered": rendered,
+        });
+        let hello: PeerHello = peer.exchange(&job)?;
+        if let Some(e) = hello.error {
+            return Err(format!(
+                "{e} (python {}); provision it with scripts/llama-server-peer",
+                peer.python.display()
+            ));
+        }
+        peer.version = hello.version;
+        peer.same_tokenization = hello.same_tokenization;
+        peer.load_time = Duration::from_secs_f64(hello.load_s.max(0.0));
+        Ok(peer)
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("llama.cpp peer: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let Some(line) = stdout.lines().rev().find(|l| l.starts_with('{')) else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        return Err(format!(
-            "llama.cpp peer ({}) failed ({}): {}",
-            py.display(),
-            out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
-    };
-    let parsed: PeerOutput =
-        serde_json::from_str(line).map_err(|e| format!("llama.cpp peer: bad output: {e}"))?;
-    if let Some(e) = parsed.error {
-        return Err(format!(
-            "{e} (python {}); provision it with scripts/llama-server-peer",
-            py.display()
-        ));
+
+    fn exchange<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        msg: &serde_json::Value,
+    ) -> std::result::Result<T, String> {
+        let fail = |what: String| format!("llama.cpp peer ({}): {what}", self.python.display());
+        writeln!(self.stdin, "{msg}")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|e| fail(format!("cannot write: {e}")))?;
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err(fail("exited without answering".into())),
+            Ok(_) => serde_json::from_str(&line).map_err(|e| fail(format!("bad answer: {e}"))),
+            Err(e) => Err(fail(format!("cannot read: {e}"))),
+        }
     }
-    let mut result = parsed
-        .result
-        .ok_or_else(|| "llama.cpp peer: no result".to_string())?;
-    result.engine = "llama.cpp".into();
-    Ok(PeerResult {
-        result,
-        version: parsed.version,
-        same_tokenization: parsed.same_tokenization,
-        load_time: Duration::from_secs_f64(parsed.load_s.max(0.0)),
-    })
+
+    /// One turn; `reset` empties llama.cpp's KV cache first (cold).
+    fn turn(&mut self, tokens: &[u32], n: usize, reset: bool) -> std::result::Result<Turn, String> {
+        let t: PeerTurn = self.exchange(&serde_json::json!({
+            "tokens": tokens,
+            "n": n,
+            "reset": reset,
+        }))?;
+        Ok(Turn {
+            ttft: Duration::from_secs_f64(t.ttft.max(0.0)),
+            decode_tps: t.tps,
+            prefilled: t.prefilled,
+            tokens: t.tokens,
+        })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Prints the report as a table with ratios against llama.cpp.
@@ -585,5 +642,8 @@ pub fn print(report: &Report) {
             report.file_quant,
             ms(*load)
         );
+    }
+    if let Ok(p) = &report.peer {
+        println!("  llama.cpp loads in {:.0} ms", ms(p.load_time));
     }
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use duplex::graph::{Pipeline, Resources};
 use duplex::models::ModelStore;
-use duplex::runner::{Pace, run_file};
+use duplex::runner::{Outputs, Pace, run_file};
 
 /// duplex: a real-time voice and video AI agent server.
 ///
@@ -59,6 +59,9 @@ enum Command {
         /// Write the spoken answer (all response audio) to this WAV file.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Write the avatar's frames to this folder as JPEG files.
+        #[arg(long)]
+        avatar_out: Option<PathBuf>,
         /// Feed the input at wall-clock pace instead of as fast as possible.
         #[arg(long)]
         realtime: bool,
@@ -170,6 +173,7 @@ async fn dispatch(command: Command) -> Result<()> {
             input,
             events,
             output,
+            avatar_out,
             realtime,
             chunk_ms,
         } => {
@@ -183,7 +187,11 @@ async fn dispatch(command: Command) -> Result<()> {
             let pace = Pace { chunk_ms, realtime };
             let output_wav = output.map(|path| (path, output_rate(&pipeline)));
             tokio::select! {
-                result = run_file(&pipeline, &resources, &input, events.as_deref(), output_wav.as_ref().map(|(p, r)| (p.as_path(), *r)), pace) => {
+                result = run_file(&pipeline, &resources, &input, Outputs {
+                    events: events.as_deref(),
+                    wav: output_wav.as_ref().map(|(p, r)| (p.as_path(), *r)),
+                    avatar_dir: avatar_out.as_deref(),
+                }, pace) => {
                     let events = result?;
                     tracing::info!(events = events.len(), "done");
                 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use base64::Engine as _;
 
 use crate::audio::Pcm;
 use crate::graph::{
@@ -82,16 +83,47 @@ pub fn response_audio(events: &[Event]) -> Result<Vec<f32>> {
     Ok(samples)
 }
 
-/// `duplex run`: decode `input`, stream it, write events as JSON lines and
-/// (with `output_wav`) the spoken answer as a WAV file.
+/// Writes the avatar frames in `events` as numbered JPEG files
+/// (`00001-speaking-resp_000001-000040ms.jpg`); returns how many.
+pub fn write_avatar_frames(events: &[Event], dir: &Path) -> Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut n = 0;
+    for event in events.iter().filter(|e| e["type"] == "duplex.avatar.frame") {
+        n += 1;
+        let state = event["state"].as_str().unwrap_or("idle");
+        let response = event["response_id"].as_str().unwrap_or("none");
+        let offset = event["offset_ms"].as_u64().unwrap_or(0);
+        let image = base64::engine::general_purpose::STANDARD
+            .decode(event["image"].as_str().unwrap_or_default())
+            .context("an avatar frame is not valid base64")?;
+        let path = dir.join(format!("{n:05}-{state}-{response}-{offset:06}ms.jpg"));
+        std::fs::write(&path, image).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(n)
+}
+
+/// Where `duplex run` writes what it produced besides events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outputs<'a> {
+    /// The events as JSON lines (stdout when absent).
+    pub events: Option<&'a Path>,
+    /// The spoken answer as a WAV file, at the given rate.
+    pub wav: Option<(&'a Path, u32)>,
+    /// The avatar frames as JPEG files.
+    pub avatar_dir: Option<&'a Path>,
+}
+
+/// `duplex run`: decode `input`, stream it, write events as JSON lines and,
+/// when asked, the spoken answer as a WAV file and the avatar frames.
 pub async fn run_file(
     pipeline: &Pipeline,
     resources: &Arc<Resources>,
     input: &Path,
-    events_out: Option<&Path>,
-    output_wav: Option<(&Path, u32)>,
+    outputs: Outputs<'_>,
     pace: Pace,
 ) -> Result<Vec<Event>> {
+    let events_out = outputs.events;
+    let output_wav = outputs.wav;
     let pcm = crate::audio::decode_file(input)?;
     tracing::info!(
         input = %input.display(),
@@ -121,6 +153,10 @@ pub async fn run_file(
         crate::audio::write_wav(path, &pcm)
             .with_context(|| format!("writing {}", path.display()))?;
         tracing::info!(path = %path.display(), seconds = pcm.duration_secs(), "wrote the spoken answer");
+    }
+    if let Some(dir) = outputs.avatar_dir {
+        let n = write_avatar_frames(&events, dir)?;
+        tracing::info!(dir = %dir.display(), frames = n, "wrote the avatar frames");
     }
     Ok(events)
 }

@@ -28,6 +28,7 @@
 //! }
 //! ```
 
+pub mod actor;
 pub mod jpeg;
 pub mod lipsync;
 pub mod render;

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::actor::{Actor, Ctx};
 use super::frame::{AudioChunk, DataFrame, Payload};
 use crate::asr::actor::AsrActor;
+use crate::avatar::actor::{AvatarActor, AvatarParams};
 use crate::asr::whisper::{DecodeOptions, WhisperModel, WhisperSession};
 use crate::asr::{Redecode, UtteranceRecognizer};
 use crate::audio::StreamResampler;
@@ -52,6 +53,8 @@ pub enum NodeKind {
     Tts(TtsParams),
     /// Paced playout to the client, playback position, response completion.
     Output(OutputParams),
+    /// Avatar video frames lip-synced to the released speech.
+    Avatar(AvatarParams),
     /// Forwards every frame unchanged (tests, benchmarks, taps).
     Passthrough(PassthroughParams),
 }
@@ -195,7 +198,10 @@ impl NodeKind {
                 Ok(())
             }
             NodeKind::Tts(_) => resources.voice().map(drop),
-            NodeKind::Input(_) | NodeKind::Output(_) | NodeKind::Passthrough(_) => Ok(()),
+            NodeKind::Input(_)
+            | NodeKind::Output(_)
+            | NodeKind::Avatar(_)
+            | NodeKind::Passthrough(_) => Ok(()),
         }
     }
 
@@ -255,6 +261,7 @@ impl NodeKind {
                 shared.heard.clone(),
                 shared.latency.clone(),
             )?),
+            NodeKind::Avatar(p) => Box::new(AvatarActor::new(p.clone())?),
             NodeKind::Passthrough(_) => Box::new(Passthrough),
         })
     }
