@@ -302,7 +302,11 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         for _ in 0..options.runs {
             let mut s = m.session();
             let c = duplex_turn(&mut s, &p1, n)?;
-            warm.push(duplex_turn(&mut s, &followup_prompt(&p1, &c.tokens, &tail), n)?);
+            warm.push(duplex_turn(
+                &mut s,
+                &followup_prompt(&p1, &c.tokens, &tail),
+                n,
+            )?);
             cold.push(c);
             if let Ok(p) = &mut peer {
                 let turns = p.turn(&p1, n, true).and_then(|c| {

@@ -162,7 +162,8 @@ async fn dispatch(command: Command) -> Result<()> {
             })
             .await
             .context("model loading task failed")??;
-            duplex::server::serve(app, addr, async {
+            let listener = duplex::server::bind(addr).await?;
+            duplex::server::serve(app, listener, async {
                 let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down (Ctrl-C)");
             })

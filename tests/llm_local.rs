@@ -177,6 +177,50 @@ fn second_turn_prefills_only_new_tokens_and_matches_a_fresh_session() {
     assert_eq!(reply3, fresh3);
 }
 
+/// Greedy tokens from raw ids, end-of-turn ignored.
+fn tokens_of(session: &mut LocalSession, prompt: &[u32], n: usize) -> (Vec<u32>, Usage) {
+    let mut ids = Vec::new();
+    let usage = session
+        .generate_ids(
+            prompt,
+            &greedy(n),
+            false,
+            &AtomicBool::new(false),
+            &mut |id, _| {
+                ids.extend(id);
+                true
+            },
+        )
+        .unwrap();
+    (ids, usage)
+}
+
+#[test]
+fn cached_continuation_is_token_identical_over_a_long_generation() {
+    // 96 greedy tokens past the end of turn amplify any numerical
+    // difference between a batched prefill and token-by-token decoding.
+    let m = model();
+    let p1 = m
+        .prompt_tokens(&[
+            sys(SYSTEM),
+            user("Describe a walk through a forest in autumn."),
+        ])
+        .unwrap();
+    let mut s = m.session();
+    let (reply, u1) = tokens_of(&mut s, &p1, 24);
+    assert_eq!(u1.output_tokens, 24);
+    assert_eq!(s.cached_tokens().len(), p1.len() + 23);
+    let mut p2 = p1.clone();
+    p2.extend(&reply);
+    p2.push(m.end_of_turn_token());
+    p2.extend(m.tokenize("\nuser\nGo on, in more detail.").unwrap());
+    let (cached, u2) = tokens_of(&mut s, &p2, 96);
+    assert_eq!(u2.prefilled_tokens, p2.len() - (p1.len() + 23));
+    let (fresh, f2) = tokens_of(&mut m.session(), &p2, 96);
+    assert_eq!(f2.prefilled_tokens, p2.len());
+    assert_eq!(cached, fresh, "cached and fresh token streams differ");
+}
+
 #[test]
 fn edited_history_rebuilds_from_the_first_changed_token() {
     let m = model();

@@ -262,6 +262,11 @@ impl VadActor {
                 "item_id": self.item_id(),
             }),
         );
+        ctx.events().emit(
+            "input_audio_buffer.committed",
+            audio_end_ms,
+            json!({"previous_item_id": null, "item_id": self.item_id()}),
+        );
         ctx.raise(
             audio_end_ms,
             SystemKind::SpeechStopped {

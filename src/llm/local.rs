@@ -18,6 +18,7 @@
 //! is built from the GGUF metadata.
 
 mod model;
+mod qmatmul;
 mod tokenizer;
 
 use std::fmt;
@@ -40,11 +41,16 @@ use crate::models::{ModelStore, corrupt_model_error, files, ids};
 
 /// The type the matmul weights are converted to at load.
 ///
-/// Measured on 2 cores (AVX2/FMA, see `duplex bench llm`): Q4_0 decodes
-/// fastest; Q8_0 is closest to the original weights. SmolLM2 ships as Q4_1,
-/// which candle runs ~1.7x slower than Q4_0.
+/// With the packed AVX-512 VNNI kernel (see [`LoadOptions::packed_kernel`])
+/// Q4_0, Q4_1 and Q8_0 weights run as stored, losslessly, and 4-bit types
+/// are the fastest (least memory traffic). candle's own kernels (every
+/// other CPU) run Q4_1, SmolLM2's type, ~1.7x slower than Q4_0 or Q8_0, so
+/// [`WeightQuant::Auto`] requantizes to Q8_0 there (greedy output still
+/// matches llama.cpp on the original file; Q4_0 drifts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightQuant {
+    /// As stored when the packed kernel runs, else Q8_0.
+    Auto,
     /// Keep each tensor as stored in the file.
     AsStored,
     Q4_0,
@@ -57,10 +63,11 @@ pub enum WeightQuant {
 }
 
 /// The default conversion (see [`WeightQuant`]).
-pub const DEFAULT_QUANT: WeightQuant = WeightQuant::Q8_0;
+pub const DEFAULT_QUANT: WeightQuant = WeightQuant::Auto;
 
 impl WeightQuant {
-    pub const ALL: [WeightQuant; 8] = [
+    pub const ALL: [WeightQuant; 9] = [
+        WeightQuant::Auto,
         WeightQuant::AsStored,
         WeightQuant::Q4_0,
         WeightQuant::Q4_1,
@@ -73,7 +80,7 @@ impl WeightQuant {
 
     fn ggml(self) -> Option<GgmlDType> {
         Some(match self {
-            WeightQuant::AsStored => return None,
+            WeightQuant::Auto | WeightQuant::AsStored => return None,
             WeightQuant::Q4_0 => GgmlDType::Q4_0,
             WeightQuant::Q4_1 => GgmlDType::Q4_1,
             WeightQuant::Q5_0 => GgmlDType::Q5_0,
@@ -97,9 +104,10 @@ impl WeightQuant {
         }
     }
 
-    /// `as-stored`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`, `f16`, `f32`.
+    /// `auto`, `as-stored`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`, `f16`, `f32`.
     pub fn name(self) -> &'static str {
         match self {
+            WeightQuant::Auto => "auto",
             WeightQuant::AsStored => "as-stored",
             WeightQuant::Q4_0 => "q4_0",
             WeightQuant::Q4_1 => "q4_1",
@@ -148,6 +156,9 @@ pub struct LoadOptions {
     /// store: a file that fails to load is then reported as corrupt with the
     /// `duplex models install --force <id>` command that fixes it.
     pub package_id: Option<String>,
+    /// Run Q4_0/Q4_1/Q8_0 weights on duplex's packed AVX-512 VNNI kernel when
+    /// the CPU has it (`false`: always candle's kernels).
+    pub packed_kernel: bool,
 }
 
 impl Default for LoadOptions {
@@ -156,6 +167,7 @@ impl Default for LoadOptions {
             quant: DEFAULT_QUANT,
             context_length: None,
             package_id: None,
+            packed_kernel: true,
         }
     }
 }
@@ -271,13 +283,15 @@ impl LocalModel {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .and_then(|t| default_system_from_template(t));
-        let weights = Weights::from_gguf(
-            &content,
-            &mut file,
-            options.quant.ggml(),
-            options.context_length,
-        )
-        .map_err(corrupt)?;
+        let packed = options.packed_kernel && qmatmul::packed_available();
+        let quant = match options.quant {
+            WeightQuant::Auto if packed => None,
+            WeightQuant::Auto => Some(GgmlDType::Q8_0),
+            q => q.ggml(),
+        };
+        let weights =
+            Weights::from_gguf(&content, &mut file, quant, packed, options.context_length)
+                .map_err(corrupt)?;
         if weights.cfg.vocab_size != tok.vocab_size() {
             return Err(corrupt(anyhow!(
                 "the embedding has {} rows but the tokenizer {} tokens",
@@ -299,6 +313,7 @@ impl LocalModel {
         tracing::info!(
             model = %name,
             quant = %WeightQuant::from_ggml(weights.weight_dtype),
+            kernel = if weights.packed { "avx512-vnni" } else { "candle" },
             ms = load_time.as_millis() as u64,
             "local LLM loaded"
         );
@@ -336,9 +351,19 @@ impl LocalModel {
         self.shared.weights.cfg.context_length
     }
 
-    /// The type the matmul weights actually run in.
+    /// The type the layers' matmul weights actually run in.
     pub fn weight_quant(&self) -> WeightQuant {
         WeightQuant::from_ggml(self.shared.weights.weight_dtype)
+    }
+
+    /// The matmul kernel the layers run: `avx512-vnni` (duplex's packed
+    /// kernel) or `candle`.
+    pub fn kernel(&self) -> &'static str {
+        if self.shared.weights.packed {
+            "avx512-vnni"
+        } else {
+            "candle"
+        }
     }
 
     /// `general.name` from the GGUF.
@@ -571,7 +596,25 @@ impl LocalSession {
         cancel: &AtomicBool,
         on_token: &mut dyn FnMut(Option<u32>, &str) -> bool,
     ) -> Result<Usage> {
-        let started = Instant::now();
+        self.run(
+            Instant::now(),
+            prompt,
+            options,
+            stop_at_end_of_turn,
+            cancel,
+            on_token,
+        )
+    }
+
+    fn run(
+        &mut self,
+        started: Instant,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        stop_at_end_of_turn: bool,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(Option<u32>, &str) -> bool,
+    ) -> Result<Usage> {
         let shared = self.shared.clone();
         let weights = &shared.weights;
         let tok = &shared.tok;
@@ -671,10 +714,11 @@ impl Llm for LocalSession {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Usage> {
+        let started = Instant::now();
         let model = self.model();
         let reserve = options.max_tokens.min(model.context_length() / 4).max(1);
         let (prompt, _dropped) = model.fit_prompt(messages, reserve)?;
-        self.generate_ids(&prompt, options, true, cancel, &mut |_, piece| {
+        self.run(started, &prompt, options, true, cancel, &mut |_, piece| {
             piece.is_empty() || on_text(piece)
         })
     }
@@ -704,6 +748,7 @@ mod tests {
             "keep".parse::<WeightQuant>().unwrap(),
             WeightQuant::AsStored
         );
+        assert_eq!("auto".parse::<WeightQuant>().unwrap(), WeightQuant::Auto);
         assert!("q3_k".parse::<WeightQuant>().is_err());
     }
 

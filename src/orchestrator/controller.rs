@@ -179,6 +179,8 @@ pub struct Controller {
     truncate_on_settle: bool,
     /// Functions the session declared (for the router).
     tools: Vec<router::ToolInfo>,
+    /// The response that produced each assistant item.
+    responses_of_items: std::collections::HashMap<String, ResponseId>,
     /// Decisions of the router, for tests and the client.
     pub decisions: Vec<Decision>,
 }
@@ -222,6 +224,7 @@ impl Controller {
             partial_words: Vec::new(),
             truncate_on_settle: false,
             tools: Vec::new(),
+            responses_of_items: Default::default(),
             decisions: Vec::new(),
         })
     }
@@ -496,6 +499,7 @@ impl Controller {
             task,
             cancelled: None,
         });
+        self.responses_of_items.insert(item_id.clone(), response_id);
         self.last = Some((response_id, item_id));
         Ok(())
     }
@@ -668,10 +672,7 @@ impl Controller {
     /// conversation.item.truncate: the client says how much it played.
     fn truncate(&mut self, item_id: &str, audio_end_ms: u64, t_ms: u64, ctx: &Ctx) -> Result<()> {
         let events = ctx.events();
-        let response = match &self.last {
-            Some((r, item)) if item == item_id => Some(*r),
-            _ => None,
-        };
+        let response = self.responses_of_items.get(item_id).copied();
         match response {
             Some(r) => {
                 self.heard.set_played(r, audio_end_ms);
@@ -881,13 +882,6 @@ impl Actor for Controller {
                         item_id,
                     });
                 }
-            }
-            SystemKind::SpeechStopped { item_id, .. } => {
-                ctx.events().emit(
-                    "input_audio_buffer.committed",
-                    frame.t_ms,
-                    json!({"previous_item_id": self.conversation.items().last().map(|i| i.id.clone()), "item_id": item_id}),
-                );
             }
             _ => {}
         }

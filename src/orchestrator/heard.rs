@@ -22,6 +22,15 @@ struct State {
     response_id: ResponseId,
     clauses: Vec<ClauseAudio>,
     played_ms: u64,
+}
+
+/// Responses remembered, so a client may truncate one after the next began.
+const KEPT: usize = 8;
+
+#[derive(Debug, Default)]
+struct All {
+    /// The most recent responses, oldest first.
+    responses: std::collections::VecDeque<State>,
     /// The highest response id that has finished playing (or was stopped).
     finished_upto: ResponseId,
 }
@@ -29,7 +38,7 @@ struct State {
 /// Shared by a session's output stage (writer) and orchestrator (reader).
 #[derive(Debug, Default)]
 pub struct Heard {
-    state: Mutex<State>,
+    state: Mutex<All>,
 }
 
 impl Heard {
@@ -37,7 +46,7 @@ impl Heard {
         Self::default()
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut All) -> R) -> R {
         let mut guard = match self.state.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -48,66 +57,62 @@ impl Heard {
     /// A clause of `response_id` starts playing at `start_ms` of the
     /// response's audio and lasts `duration_ms`.
     pub fn clause(&self, response_id: ResponseId, text: &str, start_ms: u64, duration_ms: u64) {
-        self.with(|s| {
-            if s.response_id != response_id {
-                *s = State {
+        self.with(|all| {
+            if !all.responses.iter().any(|s| s.response_id == response_id) {
+                if all.responses.len() == KEPT {
+                    all.responses.pop_front();
+                }
+                all.responses.push_back(State {
                     response_id,
-                    finished_upto: s.finished_upto,
                     ..State::default()
-                };
+                });
             }
-            s.clauses.push(ClauseAudio {
-                text: text.to_string(),
-                start_ms,
-                duration_ms,
-            });
+            if let Some(s) = all.responses.iter_mut().find(|s| s.response_id == response_id) {
+                s.clauses.push(ClauseAudio {
+                    text: text.to_string(),
+                    start_ms,
+                    duration_ms,
+                });
+            }
         });
+    }
+
+    fn of<R>(&self, response_id: ResponseId, f: impl FnOnce(&mut State) -> R) -> Option<R> {
+        self.with(|all| {
+            all.responses
+                .iter_mut()
+                .find(|s| s.response_id == response_id)
+                .map(f)
+        })
     }
 
     /// `played_ms` of `response_id`'s audio has been played.
     pub fn played(&self, response_id: ResponseId, played_ms: u64) {
-        self.with(|s| {
-            if s.response_id == response_id {
-                s.played_ms = s.played_ms.max(played_ms);
-            }
-        });
+        self.of(response_id, |s| s.played_ms = s.played_ms.max(played_ms));
     }
 
     /// Sets the position from a client's report (`conversation.item.truncate`).
     pub fn set_played(&self, response_id: ResponseId, played_ms: u64) {
-        self.with(|s| {
-            if s.response_id == response_id {
-                s.played_ms = played_ms;
-            }
-        });
+        self.of(response_id, |s| s.played_ms = played_ms);
     }
 
     /// `response_id` has been played out, or stopped for good.
     pub fn finish(&self, response_id: ResponseId) {
-        self.with(|s| s.finished_upto = s.finished_upto.max(response_id));
+        self.with(|all| all.finished_upto = all.finished_upto.max(response_id));
     }
 
     /// Whether the user may still be hearing `response_id`.
     pub fn is_finished(&self, response_id: ResponseId) -> bool {
-        self.with(|s| response_id <= s.finished_upto)
+        self.with(|all| response_id <= all.finished_upto)
     }
 
     pub fn played_ms(&self, response_id: ResponseId) -> u64 {
-        self.with(|s| {
-            if s.response_id == response_id {
-                s.played_ms
-            } else {
-                0
-            }
-        })
+        self.of(response_id, |s| s.played_ms).unwrap_or(0)
     }
 
     /// The words of `response_id` fully played so far.
     pub fn heard_text(&self, response_id: ResponseId) -> String {
-        self.with(|s| {
-            if s.response_id != response_id {
-                return String::new();
-            }
+        self.of(response_id, |s| {
             let mut words: Vec<&str> = Vec::new();
             for clause in &s.clauses {
                 if s.played_ms >= clause.start_ms + clause.duration_ms {
@@ -132,6 +137,7 @@ impl Heard {
             }
             words.join(" ")
         })
+        .unwrap_or_default()
     }
 }
 
@@ -156,6 +162,17 @@ mod tests {
         h.played(3, 5000);
         assert_eq!(h.heard_text(3), "Once upon a time, there was a fox.");
         assert_eq!(h.heard_text(2), "", "another response heard nothing");
+    }
+
+    #[test]
+    fn an_earlier_response_can_still_be_truncated() {
+        let h = Heard::new();
+        h.clause(1, "First answer is long.", 0, 1000);
+        h.played(1, 1000);
+        h.clause(2, "Second.", 0, 500);
+        h.set_played(1, 300);
+        assert_eq!(h.heard_text(1), "First");
+        assert_eq!(h.heard_text(2), "");
     }
 
     #[test]

@@ -290,6 +290,26 @@ async fn handle(
     beta: bool,
 ) -> Result<(), ProtocolError> {
     let now = state.ms(state.appended);
+    let conversational = matches!(
+        event,
+        ClientEvent::ConversationItemCreate { .. }
+            | ClientEvent::ConversationItemTruncate { .. }
+            | ClientEvent::ConversationItemDelete { .. }
+            | ClientEvent::ResponseCreate { .. }
+            | ClientEvent::ResponseCancel { .. }
+            | ClientEvent::OutputAudioBufferClear { .. }
+    );
+    if conversational && !app.converses {
+        return Err(ProtocolError::new(
+            "not_supported",
+            format!(
+                "{}: this server's pipeline ({}) only listens: it has no `controller` node to hold a conversation",
+                event.type_name(),
+                app.pipeline.source.display()
+            ),
+        )
+        .with_event_id(event.event_id().map(String::from)));
+    }
     match event {
         ClientEvent::SessionUpdate {
             event_id,

@@ -71,6 +71,8 @@ pub struct App {
     pub resources: Arc<Resources>,
     pub config: ServerConfig,
     pub metrics: Metrics,
+    /// The pipeline has a controller: it can hold a conversation and answer.
+    pub converses: bool,
     /// Cancelled when the server shuts down: every session closes.
     pub shutdown: tokio_util::sync::CancellationToken,
     next_session: AtomicU64,
@@ -89,7 +91,12 @@ impl App {
                 .prepare(&resources)
                 .with_context(|| format!("node `{}`", node.name))?;
         }
+        let converses = pipeline
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, crate::graph::NodeKind::Controller(_)));
         Ok(Arc::new(App {
+            converses,
             pipeline,
             resources,
             config,
@@ -118,16 +125,19 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets open
-/// sessions close.
+/// Binds `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Serves until `shutdown` resolves, then closes every session and stops.
 pub async fn serve(
     app: Arc<App>,
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("listener address")?;
     tracing::info!("listening on http://{local} (Realtime API at ws://{local}/v1/realtime)");
     let closing = app.shutdown.clone();

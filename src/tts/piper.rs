@@ -27,7 +27,8 @@ pub const BOS: char = '^';
 pub const EOS: char = '$';
 
 /// Default intra-op threads of a voice's session: 1 measured faster than 2
-/// on a 2-core box shared with ASR and the LLM (RTF ~0.1 vs ~0.11-0.28).
+/// on a busy 2-core box (RTF 0.09-0.20 vs 0.11-0.28 in the same runs); use
+/// [`PiperVoice::load_with_threads`] for more.
 pub const DEFAULT_THREADS: usize = 1;
 
 /// A voice's `.onnx.json`, the parts synthesis needs.

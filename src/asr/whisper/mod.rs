@@ -310,6 +310,7 @@ impl WhisperSession {
             }
         }
 
+        take_log_errors();
         let result = self.state.full(params, audio);
         if aborted() {
             return Err(Aborted.into());
@@ -327,23 +328,6 @@ impl WhisperSession {
             let s = segment
                 .to_str_lossy()
                 .context("reading a whisper.cpp segment")?;
-            let n = segment.n_tokens();
-            let (mut sum, mut count) = (0f32, 0);
-            for i in 0..n {
-                if let Some(t) = segment.get_token(i) {
-                    let d = t.token_data();
-                    if d.id < 50256 {
-                        sum += d.plog;
-                        count += 1;
-                    }
-                }
-            }
-            eprintln!(
-                "NOSPEECH {:.3} avg_logprob {:.3} tokens {count} {:?}",
-                segment.no_speech_probability(),
-                sum / count.max(1) as f32,
-                s
-            );
             text.push_str(&s);
         }
         drop(abort);

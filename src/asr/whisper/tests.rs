@@ -215,15 +215,28 @@ fn test_clips() -> Vec<Clip> {
     clips
 }
 
+/// CPU time of the calling thread (ms), from /proc (Linux); with
+/// `threads = 1` whisper.cpp computes on the calling thread, so this is the
+/// work done regardless of other load on the machine.
+fn thread_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|ns| ns / 1e6)
+        .unwrap_or(0.0)
+}
+
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// Speed/accuracy over encoder-window settings (floor, margin), greedy vs
 /// beam, fallback on/off. Prints a table; asserts nothing. Each clip runs
-/// three times on one session (forward, forward, reversed order): errors of
-/// the first and the reversed pass (order effects), and the fastest of the
-/// three times per clip (robust to other load on the machine).
+/// `SWEEP_REPS` (default 3) times on one session, the second pass in
+/// reverse order: errors of the first and the reversed pass (order effects),
+/// and the fastest time per clip (robust to other load on the machine).
+/// `SWEEP=text,...` runs only configs whose label contains one of them;
+/// `SWEEP_THREADS` sets the thread count (default 2).
 #[test]
 #[ignore = "measurement: cargo test --release --lib sweep_audio_ctx -- --ignored --nocapture"]
 fn sweep_audio_ctx_settings() {
@@ -235,37 +248,35 @@ fn sweep_audio_ctx_settings() {
         ..DecodeOptions::default()
     };
     let only = std::env::var("SWEEP").unwrap_or_default();
-    for floor in [0usize, 256, 320, 384, 448, 512, 1500] {
-        for margin in [0usize, 16, 32, 64] {
-            if floor == 1500 && margin > 0 {
-                continue;
-            }
-            configs.push((
-                format!("floor {floor:4} margin {margin:2} greedy"),
-                DecodeOptions {
-                    audio_ctx_floor: floor,
-                    audio_ctx_margin: margin,
-                    ..base.clone()
-                },
-            ));
-        }
-    }
-    for floor in [0usize, 384, 512] {
+    let reps: usize = std::env::var("SWEEP_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let threads: usize = std::env::var("SWEEP_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let base = DecodeOptions { threads, ..base };
+    let set = std::env::var("SWEEP_SET").unwrap_or_default();
+    let pairs: &[(usize, usize)] = if set == "wide" {
+        &[(1500, 0), (0, 32), (0, 64), (256, 32), (320, 32), (384, 0), (384, 16), (384, 32),
+          (384, 64), (448, 32), (512, 32), (512, 64)]
+    } else {
+        &[(1500, 0), (448, 32), (512, 0), (512, 32), (576, 32), (640, 32), (768, 32)]
+    };
+    for &(floor, margin) in pairs {
         configs.push((
-            format!("floor {floor:4} margin 32 greedy no-fallback"),
+            format!("floor {floor:4} margin {margin:2} greedy"),
+            DecodeOptions { audio_ctx_floor: floor, audio_ctx_margin: margin, ..base.clone() },
+        ));
+        configs.push((
+            format!("floor {floor:4} margin {margin:2} greedy no-fallback"),
             DecodeOptions {
                 audio_ctx_floor: floor,
+                audio_ctx_margin: margin,
                 temperature_fallback: false,
                 ..base.clone()
             },
         ));
+    }
+    for floor in [384, 512] {
         configs.push((
             format!("floor {floor:4} margin 32 beam 5"),
-            DecodeOptions {
-                audio_ctx_floor: floor,
-                beam: Some(5),
-                ..base.clone()
-            },
+            DecodeOptions { audio_ctx_floor: floor, beam: Some(5), ..base.clone() },
         ));
     }
     for (label, o) in &configs {
@@ -275,10 +286,11 @@ fn sweep_audio_ctx_settings() {
         let mut session = model.session().expect("session");
         session.transcribe(&clips[0].audio, o).expect("warm-up");
         let mut best = vec![f64::INFINITY; clips.len()];
+        let mut best_cpu = vec![f64::INFINITY; clips.len()];
         let mut errors = Vec::new();
-        for round in 0..3 {
+        for round in 0..reps.max(2) {
             let mut order: Vec<usize> = (0..clips.len()).collect();
-            if round == 2 {
+            if round == 1 {
                 order.reverse();
             }
             let (mut lib, mut cards) = (WerTally::default(), WerTally::default());
@@ -286,7 +298,9 @@ fn sweep_audio_ctx_settings() {
             for &i in &order {
                 let c = &clips[i];
                 let t0 = Instant::now();
+                let c0 = thread_cpu_ms();
                 let hyp = session.transcribe(&c.audio, o).expect("transcribe");
+                best_cpu[i] = best_cpu[i].min(thread_cpu_ms() - c0);
                 best[i] = best[i].min(ms(t0.elapsed()));
                 if c.set == "librivox" {
                     lib.add(&c.reference, &hyp);
@@ -295,7 +309,7 @@ fn sweep_audio_ctx_settings() {
                 }
                 hyps.push(hyp);
             }
-            if round != 1 {
+            if round <= 1 {
                 errors.push((lib.errors, cards.errors));
             }
             if round == 0 && std::env::var("SWEEP_VERBOSE").is_ok() {
@@ -305,9 +319,12 @@ fn sweep_audio_ctx_settings() {
         let lib_ms: f64 = best[..5].iter().sum::<f64>() / 5.0;
         let cards_ms: f64 = best[5..].iter().sum::<f64>() / 5.0;
         let worst = best.iter().cloned().fold(0.0, f64::max);
+        let cpu_lib: f64 = best_cpu[..5].iter().sum::<f64>() / 5.0;
+        let cpu_cards: f64 = best_cpu[5..].iter().sum::<f64>() / 5.0;
+        let cpu_worst = best_cpu.iter().cloned().fold(0.0, f64::max);
         eprintln!(
-            "{label:<40} errors librivox {:2}/71 cards {:2}/21 (reversed {:2} {:2}) | best ms: librivox avg {:4.0} cards avg {:4.0} worst {:5.0}",
-            errors[0].0, errors[0].1, errors[1].0, errors[1].1, lib_ms, cards_ms, worst
+            "{label:<40} errors librivox {:2}/71 cards {:2}/21 (reversed {:2} {:2}) | best wall ms: librivox avg {:4.0} cards avg {:4.0} worst {:5.0} | calling-thread cpu ms: {:4.0} {:4.0} worst {:5.0}",
+            errors[0].0, errors[0].1, errors[1].0, errors[1].1, lib_ms, cards_ms, worst, cpu_lib, cpu_cards, cpu_worst
         );
     }
 }

@@ -4,16 +4,20 @@
 //! Adapted from candle-transformers' `models::quantized_llama`
 //! (https://github.com/huggingface/candle, Apache-2.0 OR MIT, copyright the
 //! candle authors). Changes: the weights are immutable and shared (`Arc`)
-//! between sessions while each session owns its [`KvCache`]; the cache is a
-//! preallocated buffer that can be truncated; q/k/v and gate/up are fused
-//! into one matmul each; weights can be requantized at load; grouped-query
-//! attention runs without copying the keys/values per query head; no MoE.
+//! between sessions while each session owns its [`KvCache`], which can be
+//! truncated; q/k/v and gate/up are fused into one matmul each; matmuls go
+//! through [`Linear`] (the packed AVX-512 VNNI kernel or candle's); norms,
+//! RoPE and attention are computed here on plain slices, row by row, so a
+//! token gives the same bits whether it is prefilled in a batch or decoded
+//! alone; no MoE.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_core::{Device, Tensor};
+
+use super::qmatmul::{Linear, Packed, packed_available};
 
 /// Hyper-parameters read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,25 +100,27 @@ impl Config {
 }
 
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     /// q, k, v stacked: [(n_head + 2 n_kv_head) * head_dim, n_embd].
-    qkv: QMatMul,
-    wo: QMatMul,
-    ffn_norm: Tensor,
+    qkv: Linear,
+    wo: Linear,
+    ffn_norm: Vec<f32>,
     /// gate, up stacked: [2 n_ff, n_embd].
-    gate_up: QMatMul,
-    down: QMatMul,
+    gate_up: Linear,
+    down: Linear,
 }
 
 /// Immutable weights, shared by every session.
 pub struct Weights {
     pub cfg: Config,
-    /// The storage type the matmul weights run in.
+    /// The storage type of the layers' matmul weights.
     pub weight_dtype: GgmlDType,
+    /// The layers run the packed AVX-512 VNNI kernel.
+    pub packed: bool,
     embed: Arc<QTensor>,
     layers: Vec<Layer>,
-    norm: Tensor,
-    output: QMatMul,
+    norm: Vec<f32>,
+    output: Linear,
     /// RoPE angles per position: [context][rope_dim / 2].
     cos_v: Vec<f32>,
     sin_v: Vec<f32>,
@@ -127,58 +133,88 @@ fn load_f32<R: std::io::Read + std::io::Seek>(
     r: &mut R,
     name: &str,
     dev: &Device,
-) -> Result<Tensor> {
+) -> Result<Vec<f32>> {
     let t = ct
         .tensor(r, name, dev)
         .with_context(|| format!("cannot read tensor `{name}`"))?;
-    Ok(t.dequantize(dev)?)
+    Ok(t.dequantize(dev)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Builds a matmul weight from f32 rows, quantized to `dtype` (`None` =
-/// keep `stored` as it is when there is a single part).
-fn make_matmul(
-    parts: Vec<(QTensor, Tensor)>,
-    dtype: Option<GgmlDType>,
+/// Builds one matmul from row-stacked `parts`, converted to `quant` when
+/// given (else as stored). Runs the packed kernel when `packed` and the
+/// types allow it, candle's otherwise.
+fn make_linear(
+    parts: Vec<Arc<QTensor>>,
+    quant: Option<GgmlDType>,
+    packed: bool,
     name: &str,
-) -> Result<(QMatMul, GgmlDType)> {
-    let stored = parts[0].0.dtype();
-    let target = dtype.unwrap_or(stored);
-    let same_everywhere = parts.iter().all(|(q, _)| q.dtype() == target);
-    if parts.len() == 1 && same_everywhere {
-        let (q, _) = parts.into_iter().next().expect("one part");
-        return Ok((QMatMul::from_qtensor(q)?, target));
+) -> Result<(Linear, GgmlDType)> {
+    let dev = Device::Cpu;
+    let parts: Vec<Arc<QTensor>> = match quant {
+        Some(q) => parts
+            .into_iter()
+            .map(|p| -> Result<Arc<QTensor>> {
+                if p.dtype() == q {
+                    return Ok(p);
+                }
+                let f = p.dequantize(&dev)?;
+                Ok(Arc::new(QTensor::quantize(&f, q).with_context(|| {
+                    format!("cannot quantize `{name}` to {q:?}")
+                })?))
+            })
+            .collect::<Result<_>>()?,
+        None => parts,
+    };
+    let dtype = parts[0].dtype();
+    let n: usize = parts
+        .iter()
+        .map(|p| p.shape().dims2().map(|(r, _)| r))
+        .sum::<candle_core::Result<usize>>()?;
+    if packed {
+        let refs: Vec<&QTensor> = parts.iter().map(|p| p.as_ref()).collect();
+        if let Some(p) = Packed::from_qtensors(&refs).with_context(|| format!("packing `{name}`"))? {
+            return Ok((Linear::Packed(p), dtype));
+        }
     }
-    let rows: Vec<Tensor> = parts.into_iter().map(|(_, f)| f).collect();
+    let same = parts.iter().all(|p| p.dtype() == dtype);
+    if parts.len() == 1 && same {
+        let p = parts.into_iter().next().expect("one part");
+        return Ok((Linear::Candle { mm: QMatMul::from_arc(p)?, n }, dtype));
+    }
+    let rows: Vec<Tensor> = parts
+        .iter()
+        .map(|p| p.dequantize(&dev))
+        .collect::<candle_core::Result<_>>()?;
     let full = Tensor::cat(&rows, 0)?;
-    let q = QTensor::quantize(&full, target)
-        .with_context(|| format!("cannot quantize `{name}` to {target:?}"))?;
-    Ok((QMatMul::from_qtensor(q)?, target))
+    let q = QTensor::quantize(&full, dtype)
+        .with_context(|| format!("cannot quantize `{name}` to {dtype:?}"))?;
+    Ok((Linear::Candle { mm: QMatMul::from_qtensor(q)?, n }, dtype))
 }
 
 impl Weights {
-    /// Reads every tensor; `quant` = the type matmul weights are converted to
-    /// (`None`: as stored, though fused weights of mixed types use the first).
+    /// Reads every tensor; `quant` = the type matmul weights are converted
+    /// to (`None`: as stored); `packed` = use the VNNI kernel if the CPU has
+    /// it.
     pub fn from_gguf<R: std::io::Read + std::io::Seek>(
         ct: &gguf_file::Content,
         r: &mut R,
         quant: Option<GgmlDType>,
+        packed: bool,
         context_limit: Option<usize>,
     ) -> Result<Weights> {
         let dev = Device::Cpu;
+        let packed = packed && packed_available();
         let mut cfg = Config::from_gguf(ct)?;
         if let Some(limit) = context_limit {
             cfg.context_length = cfg.context_length.min(limit.max(8));
         }
-        let q = |r: &mut R, name: &str| -> Result<(QTensor, Tensor)> {
-            let t = ct
-                .tensor(r, name, &dev)
-                .with_context(|| format!("cannot read tensor `{name}`"))?;
-            let f = t.dequantize(&dev)?;
-            Ok((t, f))
+        let q = |r: &mut R, name: &str| -> Result<Arc<QTensor>> {
+            Ok(Arc::new(
+                ct.tensor(r, name, &dev)
+                    .with_context(|| format!("cannot read tensor `{name}`"))?,
+            ))
         };
-        let embed = ct
-            .tensor(r, "token_embd.weight", &dev)
-            .context("cannot read tensor `token_embd.weight`")?;
+        let embed = q(r, "token_embd.weight")?;
         let (vocab, hidden) = embed.shape().dims2()?;
         if hidden != cfg.n_embd {
             bail!(
@@ -187,53 +223,62 @@ impl Weights {
             );
         }
         cfg.vocab_size = vocab;
-        let embed_f = embed.dequantize(&dev)?;
-        let embed = Arc::new(embed);
-        let output = match ct.tensor(r, "output.weight", &dev) {
-            Ok(t) => {
-                let f = t.dequantize(&dev)?;
-                make_matmul(vec![(t, f)], quant, "output.weight")?.0
-            }
-            // Tied embeddings (SmolLM2): share the table when no conversion.
-            Err(_) => match quant {
-                Some(dt) if dt != embed.dtype() => QMatMul::from_qtensor(
-                    QTensor::quantize(&embed_f, dt)
-                        .with_context(|| format!("cannot quantize the output to {dt:?}"))?,
-                )?,
-                _ => QMatMul::from_arc(embed.clone())?,
-            },
+        // Tied embeddings (SmolLM2) when there is no output.weight.
+        let output_w = match ct.tensor(r, "output.weight", &dev) {
+            Ok(t) => Arc::new(t),
+            Err(_) => embed.clone(),
         };
-        drop(embed_f);
+        let (output, _) = make_linear(vec![output_w], quant, packed, "output.weight")?;
         let norm = load_f32(ct, r, "output_norm.weight", &dev)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
-        let mut weight_dtype = quant;
+        let mut weight_dtype = None;
+        let mut all_packed = true;
+        let expect = |l: &Linear, n: usize, what: &str| -> Result<()> {
+            if l.out_dim() != n {
+                bail!("{what} has {} rows, expected {n}", l.out_dim());
+            }
+            Ok(())
+        };
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            let qkv_parts = vec![
-                q(r, &format!("{p}.attn_q.weight"))?,
-                q(r, &format!("{p}.attn_k.weight"))?,
-                q(r, &format!("{p}.attn_v.weight"))?,
-            ];
-            let (qkv, dt) = make_matmul(qkv_parts, quant, &format!("{p}.attn_qkv"))?;
+            let (qkv, dt) = make_linear(
+                vec![
+                    q(r, &format!("{p}.attn_q.weight"))?,
+                    q(r, &format!("{p}.attn_k.weight"))?,
+                    q(r, &format!("{p}.attn_v.weight"))?,
+                ],
+                quant,
+                packed,
+                &format!("{p}.attn_qkv"),
+            )?;
             weight_dtype.get_or_insert(dt);
-            let (wo, _) = make_matmul(
+            let hd = cfg.head_dim;
+            expect(&qkv, (cfg.n_head + 2 * cfg.n_kv_head) * hd, &format!("{p}.attn_qkv"))?;
+            let (wo, _) = make_linear(
                 vec![q(r, &format!("{p}.attn_output.weight"))?],
                 quant,
+                packed,
                 &format!("{p}.attn_output.weight"),
             )?;
-            let (gate_up, _) = make_matmul(
+            expect(&wo, cfg.n_embd, &format!("{p}.attn_output.weight"))?;
+            let (gate_up, _) = make_linear(
                 vec![
                     q(r, &format!("{p}.ffn_gate.weight"))?,
                     q(r, &format!("{p}.ffn_up.weight"))?,
                 ],
                 quant,
+                packed,
                 &format!("{p}.ffn_gate_up"),
             )?;
-            let (down, _) = make_matmul(
+            expect(&gate_up, 2 * cfg.n_ff, &format!("{p}.ffn_gate_up"))?;
+            let (down, _) = make_linear(
                 vec![q(r, &format!("{p}.ffn_down.weight"))?],
                 quant,
+                packed,
                 &format!("{p}.ffn_down.weight"),
             )?;
+            expect(&down, cfg.n_embd, &format!("{p}.ffn_down.weight"))?;
+            all_packed &= qkv.is_packed() && wo.is_packed() && gate_up.is_packed() && down.is_packed();
             layers.push(Layer {
                 attn_norm: load_f32(ct, r, &format!("{p}.attn_norm.weight"), &dev)?,
                 qkv,
@@ -246,6 +291,7 @@ impl Weights {
         let (cos_v, sin_v) = rope_tables(&cfg);
         Ok(Weights {
             weight_dtype: weight_dtype.unwrap_or(GgmlDType::F32),
+            packed: all_packed && !layers.is_empty(),
             cfg,
             embed,
             layers,
@@ -261,11 +307,11 @@ impl Weights {
     /// their keys/values to `kv` and returns the logits of the last one.
     ///
     /// Every row is computed the same way whether it comes in a batch
-    /// (prefill) or alone (decode): the quantized matmuls work row by row
-    /// and attention is computed here per (position, head) with a fixed
-    /// summation order. So a conversation continued on a cached session
-    /// gives bit-identical logits to a fresh session given the whole
-    /// history, and greedy replies agree exactly.
+    /// (prefill) or alone (decode): the matmuls work row by row and norms,
+    /// RoPE and attention are computed per row with a fixed summation
+    /// order. So a conversation continued on a cached session gives
+    /// bit-identical logits to a fresh session given the whole history, and
+    /// greedy replies agree exactly.
     pub fn forward(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let seq = tokens.len();
@@ -283,26 +329,30 @@ impl Weights {
         if kv.layers.len() != cfg.n_layer {
             kv.layers = (0..cfg.n_layer).map(|_| (Vec::new(), Vec::new())).collect();
         }
+        let e = cfg.n_embd;
         let hd = cfg.head_dim;
         let q_dim = cfg.n_head * hd;
         let kv_dim = cfg.n_kv_head * hd;
         let qkv_dim = q_dim + 2 * kv_dim;
+        let eps = cfg.rms_eps as f32;
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?.unsqueeze(0)?; // (1, seq, n_embd)
+        let mut x = self.embed.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
         let shape = AttnShape {
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
         };
+        let mut h = vec![0f32; seq * e];
         let mut y = vec![0f32; seq * q_dim];
+        let mut q = Vec::with_capacity(seq * q_dim);
+        let mut act = vec![0f32; seq * cfg.n_ff];
         for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let mut qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            debug_assert_eq!(qkv.len(), seq * qkv_dim);
+            rms_norm(&x, &layer.attn_norm, eps, &mut h);
+            let mut qkv = layer.qkv.forward(&h, seq)?;
             kc.truncate(pos * kv_dim);
             vc.truncate(pos * kv_dim);
-            let mut q = Vec::with_capacity(seq * q_dim);
+            q.clear();
             for (i, row) in qkv.chunks_exact_mut(qkv_dim).enumerate() {
                 let p = pos + i;
                 let (cos, sin) = (self.rope_row(&self.cos_v, p), self.rope_row(&self.sin_v, p));
@@ -315,30 +365,46 @@ impl Weights {
                 vc.extend_from_slice(vr);
             }
             attention(&q, kc, vc, pos, seq, &shape, &mut y);
-            let yt = Tensor::from_slice(&y, (1, seq, q_dim), &self.device)?;
-            let attn = layer.wo.forward(&yt)?;
-            let x1 = (attn + &x)?;
-            let h = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let gu = layer.gate_up.forward(&h)?;
-            let gate = gu.narrow(D::Minus1, 0, cfg.n_ff)?;
-            let up = gu.narrow(D::Minus1, cfg.n_ff, cfg.n_ff)?;
-            let act = (candle_nn::ops::silu(&gate)? * up)?;
-            let down = layer.down.forward(&act)?;
-            x = (down + x1)?;
+            let o = layer.wo.forward(&y, seq)?;
+            add_assign(&mut x, &o);
+            rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+            let gu = layer.gate_up.forward(&h, seq)?;
+            for (a, row) in act.chunks_exact_mut(cfg.n_ff).zip(gu.chunks_exact(2 * cfg.n_ff)) {
+                let (gate, up) = row.split_at(cfg.n_ff);
+                for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+                    *a = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            let dn = layer.down.forward(&act, seq)?;
+            add_assign(&mut x, &dn);
         }
         kv.len = pos + seq;
-        let last = x.i((.., seq - 1, ..))?.contiguous()?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, cfg.rms_eps as f32)?;
-        let logits = self.output.forward(&last)?;
-        Ok(logits
-            .flatten_all()?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?)
+        let mut last = vec![0f32; e];
+        rms_norm(&x[(seq - 1) * e..], &self.norm, eps, &mut last);
+        self.output.forward(&last, 1)
     }
 
     fn rope_row<'a>(&self, table: &'a [f32], pos: usize) -> &'a [f32] {
         let half = self.cfg.rope_dim / 2;
         &table[pos * half..(pos + 1) * half]
+    }
+}
+
+/// Row-wise RMSNorm of `x` (rows of `w.len()`) into `out`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = dot(xr, xr) / n as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
     }
 }
 
@@ -383,8 +449,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Causal attention of `seq` queries at positions `pos..` over the cache
 /// (`kc`/`vc`: [position][kv head][head_dim], holding `pos + seq` positions).
 /// `q` and `out` are [query][head][head_dim]. Each (query, head) is computed
-/// independently with the same arithmetic; large batches are split across
-/// threads.
+/// independently with the same arithmetic, spread over candle's CPU thread
+/// pool (the one its matmuls use, so the two never compete for cores).
 fn attention(
     q: &[f32],
     kc: &[f32],
@@ -396,46 +462,31 @@ fn attention(
 ) {
     let hd = s.head_dim;
     let items = seq * s.n_head;
-    let work = items * (pos + seq / 2 + 1) * hd;
-    let threads = if work < 1 << 20 {
-        1
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(items)
-    };
-    let run = |first: usize, out: &mut [f32]| {
+    let n_rep = s.n_head / s.n_kv_head;
+    let out = &mut out[..items * hd];
+    let run = |range: std::ops::Range<usize>, out: &mut [f32]| {
         let mut scores = Vec::with_capacity(pos + seq);
-        let n_rep = s.n_head / s.n_kv_head;
-        for (n, o) in out.chunks_exact_mut(hd).enumerate() {
-            let item = first + n;
+        for (item, o) in range.zip(out.chunks_exact_mut(hd)) {
             let qv = &q[item * hd..(item + 1) * hd];
             let (i, h) = (item / s.n_head, item % s.n_head);
             attend_one(qv, kc, vc, pos + i, h / n_rep, s, &mut scores, o);
         }
     };
-    let out = &mut out[..items * hd];
-    if threads <= 1 {
-        run(0, out);
+    // Tiny jobs are not worth waking the pool.
+    if items * (pos + seq) * hd < 1 << 16 {
+        run(0..items, out);
         return;
     }
-    let per = items.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut rest = out;
-        let mut first = 0;
-        let mut handles = Vec::new();
-        while !rest.is_empty() {
-            let n = per.min(rest.len() / hd);
-            let (mine, tail) = rest.split_at_mut(n * hd);
-            rest = tail;
-            let start = first;
-            first += n;
-            if rest.is_empty() {
-                run(start, mine); // the last share runs on this thread
-            } else {
-                handles.push(scope.spawn(move || run(start, mine)));
-            }
-        }
+    struct Out(*mut f32);
+    // SAFETY: each work item writes only its own `hd` values of `out`.
+    unsafe impl Sync for Out {}
+    let base = Out(out.as_mut_ptr());
+    let base = &base;
+    candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+        let o = unsafe {
+            std::slice::from_raw_parts_mut(base.0.add(range.start * hd), range.len() * hd)
+        };
+        run(range, o);
     });
 }
 

@@ -1,0 +1,361 @@
+//! The Realtime API server over real sockets: the official `openai` Python
+//! SDK completes voice turns (GA and beta), a barge-in over the socket
+//! cancels the answer and keeps only what was heard, bad client input is
+//! answered with error events while the session goes on, auth is enforced,
+//! and many concurrent sessions all complete their turns.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex::audio::{decode_file, pcm16_le_bytes, resample};
+use duplex::graph::Pipeline;
+use duplex::server::{App, ServerConfig};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+struct Server {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    app: Arc<App>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start(pipeline: &str, config: ServerConfig) -> Server {
+    let pipeline = Pipeline::load(Path::new(pipeline)).unwrap();
+    let resources = common::resources();
+    let app = tokio::task::spawn_blocking(move || App::new(pipeline, resources, config))
+        .await
+        .unwrap()
+        .unwrap();
+    let listener = duplex::server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(duplex::server::serve(app.clone(), listener, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        port,
+        stop: Some(stop),
+        app,
+    }
+}
+
+/// A LibriVox clip as raw pcm16 at 24 kHz (the Realtime API's format).
+fn clip_24k(index: usize) -> PathBuf {
+    let clip = &common::librivox_clips()[index];
+    let pcm = decode_file(clip).unwrap();
+    let samples = resample(&pcm.samples, pcm.sample_rate, 24_000).unwrap();
+    let path = std::env::temp_dir().join(format!("duplex-clip24-{index}-{}.raw", std::process::id()));
+    std::fs::write(&path, pcm16_le_bytes(&samples)).unwrap();
+    path
+}
+
+fn sdk_python() -> PathBuf {
+    let python = PathBuf::from("target/sdk-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "the openai SDK venv is missing: run `scripts/setup --dev`"
+    );
+    python
+}
+
+/// Runs tests/sdk/realtime_client.py and returns its JSON summary.
+async fn sdk_turn(port: u16, args: Vec<String>) -> Value {
+    let python = sdk_python();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg("tests/sdk/realtime_client.py")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "SDK client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("bad summary {stdout}: {e}"))
+}
+
+fn types(summary: &Value) -> Vec<String> {
+    summary["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn position(types: &[String], name: &str) -> usize {
+    types
+        .iter()
+        .position(|t| t == name)
+        .unwrap_or_else(|| panic!("no {name} in {types:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdk_completes_voice_turns_ga_and_beta() {
+    let server = start("pipelines/voice.toml", ServerConfig::default()).await;
+    let clip = clip_24k(1);
+    for mode in ["ga", "beta"] {
+        let summary = sdk_turn(server.port, vec![clip.display().to_string(), mode.into()]).await;
+        println!("{mode}: {summary}");
+        let t = types(&summary);
+        assert_eq!(t[0], "session.created", "{mode}");
+        let audio_delta = if mode == "ga" { "response.output_audio.delta" } else { "response.audio.delta" };
+        let item_added = if mode == "ga" { "conversation.item.added" } else { "conversation.item.created" };
+        let order = [
+            position(&t, "input_audio_buffer.speech_started"),
+            position(&t, "input_audio_buffer.speech_stopped"),
+            position(&t, "input_audio_buffer.committed"),
+            position(&t, "conversation.item.input_audio_transcription.completed"),
+            position(&t, "response.created"),
+            position(&t, item_added),
+            position(&t, audio_delta),
+            position(&t, "response.done"),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{mode}: out of order {order:?}");
+        assert!(summary["errors"].as_array().unwrap().is_empty(), "{mode}: {summary}");
+        let transcript = summary["transcripts"][0].as_str().unwrap().to_lowercase();
+        assert!(transcript.contains("young man"), "{mode}: {transcript}");
+        assert!(summary["audio_bytes"].as_u64().unwrap() > 24_000, "{mode}: under 0.5 s of reply audio");
+        assert_eq!(summary["responses"][0]["status"], "completed", "{mode}");
+    }
+    let metrics = server.app.metrics.render();
+    assert!(metrics.contains("duplex_turns_total 2"), "{metrics}");
+    assert!(metrics.contains("stage=\"first_audio_out\""), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barge_in_over_the_socket_cancels_the_answer_and_keeps_what_was_heard() {
+    let server = start("pipelines/voice.toml", ServerConfig::default()).await;
+    let question = clip_24k(1);
+    let interruption = clip_24k(4);
+    let summary = sdk_turn(
+        server.port,
+        vec![
+            question.display().to_string(),
+            "ga".into(),
+            "--barge-in".into(),
+            interruption.display().to_string(),
+        ],
+    )
+    .await;
+    println!("{summary}");
+    let t = types(&summary);
+    let first_audio = position(&t, "response.output_audio.delta");
+    let second_speech = t
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| *x == "input_audio_buffer.speech_started")
+        .map(|(i, _)| i)
+        .nth(1)
+        .expect("the barge-in was heard");
+    assert!(second_speech > first_audio);
+    let responses = summary["responses"].as_array().unwrap();
+    let cancelled = responses
+        .iter()
+        .find(|r| r["status"] == "cancelled")
+        .unwrap_or_else(|| panic!("no cancelled response: {responses:?}"));
+    assert_eq!(cancelled["reason"], "turn_detected");
+    let cancelled_at = t.iter().position(|x| x == "response.done").unwrap();
+    assert!(cancelled_at > second_speech, "cancelled after the user spoke");
+    // Audio stops: no delta of the first response after its cancellation.
+    assert!(!summary["truncated"].as_array().unwrap().is_empty(), "truncate was confirmed");
+    assert!(summary["errors"].as_array().unwrap().is_empty(), "{summary}");
+    assert_eq!(responses.len(), 2, "the interruption got its own answer");
+    assert_eq!(responses[1]["status"], "completed");
+}
+
+async fn ws_connect(port: u16, key: Option<&str>) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
+    let mut request = format!("ws://127.0.0.1:{port}/v1/realtime?model=duplex")
+        .into_client_request()
+        .unwrap();
+    if let Some(key) = key {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+/// Reads events until one of type `want` arrives (or 10 s pass).
+async fn next_of<S>(ws: &mut S, want: &str) -> Value
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    next_within(ws, want, Duration::from_secs(10)).await
+}
+
+async fn next_within<S>(ws: &mut S, want: &str, limit: Duration) -> Value
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {want} within 10 s"))
+            .expect("socket open")
+            .expect("socket ok");
+        if let Message::Text(text) = message {
+            let event: Value = serde_json::from_str(&text).unwrap();
+            if event["type"] == want {
+                return event;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_input_gets_error_events_and_the_session_goes_on() {
+    let server = start("pipelines/voice.toml", ServerConfig { max_message_bytes: 64 * 1024, ..Default::default() }).await;
+    let mut ws = ws_connect(server.port, None).await.unwrap();
+    next_of(&mut ws, "session.created").await;
+    let odd_pcm = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8, 2, 3]);
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "invalid_json"),
+        (json!({"type": "no.such.event"}).to_string(), "unknown_event"),
+        (json!({"type": "conversation.item.truncate", "item_id": "x"}).to_string(), "missing_field"),
+        (json!({"type": "input_audio_buffer.append", "audio": "!!!not base64"}).to_string(), "invalid_audio"),
+        (json!({"type": "input_audio_buffer.append", "audio": odd_pcm}).to_string(), "invalid_audio"),
+        (json!({"type": "input_audio_buffer.commit"}).to_string(), "input_audio_buffer_commit_empty"),
+        (json!({"type": "response.cancel"}).to_string(), "response_cancel_not_active"),
+        (json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 7}}}}}).to_string(), "invalid_value"),
+        ("[1,2,3]".into(), "invalid_json"),
+    ];
+    for (text, code) in cases {
+        ws.send(Message::Text(text.clone().into())).await.unwrap();
+        let error = next_of(&mut ws, "error").await;
+        assert_eq!(error["error"]["code"], code, "{text}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap().len() > 10, "{error}");
+    }
+    // After all that, the session still answers a valid update.
+    ws.send(Message::Text(json!({"type": "session.update", "session": {"instructions": "Be kind."}}).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_of(&mut ws, "session.updated").await["session"]["instructions"], "Be kind.");
+    // Oversized: the socket refuses the frame and closes that session; the
+    // server itself goes on serving others.
+    let huge = "x".repeat(100 * 1024);
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let mut fresh = ws_connect(server.port, None).await.unwrap();
+    next_of(&mut fresh, "session.created").await;
+    fresh
+        .send(Message::Text(json!({"type": "session.update", "session": {"instructions": "Be brief."}}).to_string().into()))
+        .await
+        .unwrap();
+    let updated = next_of(&mut fresh, "session.updated").await;
+    assert_eq!(updated["session"]["instructions"], "Be brief.");
+    assert!(server.app.metrics.render().contains("duplex_client_errors_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_is_required_when_configured() {
+    let server = start(
+        "pipelines/vad.toml",
+        ServerConfig {
+            api_key: Some("sk-test".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let refused = ws_connect(server.port, None).await.unwrap_err();
+    assert!(refused.contains("401"), "{refused}");
+    let wrong = ws_connect(server.port, Some("sk-wrong")).await.unwrap_err();
+    assert!(wrong.contains("401"), "{wrong}");
+    let mut ok = ws_connect(server.port, Some("sk-test")).await.unwrap();
+    next_of(&mut ok, "session.created").await;
+    // The browser way: the key in a subprotocol; the server answers `realtime`.
+    let mut request = format!("ws://127.0.0.1:{}/v1/realtime", server.port)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "realtime, openai-insecure-api-key.sk-test".parse().unwrap(),
+    );
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "realtime");
+    next_of(&mut ws, "session.created").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sessions_at_once_all_complete_their_turns_and_a_stalled_client_hurts_none() {
+    let server = start("pipelines/asr.toml", ServerConfig::default()).await;
+    let pcm = {
+        let clip = &common::librivox_clips()[1];
+        let pcm = decode_file(clip).unwrap();
+        let mut s = resample(&pcm.samples, pcm.sample_rate, 24_000).unwrap();
+        s.extend(std::iter::repeat_n(0.0, 24_000)); // a second of silence ends the turn
+        pcm16_le_bytes(&s)
+    };
+    // A client that connects, sends audio, and never reads.
+    let mut stalled = ws_connect(server.port, None).await.unwrap();
+    for chunk in pcm.chunks(960).take(100) {
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, chunk);
+        stalled
+            .send(Message::Text(json!({"type": "input_audio_buffer.append", "audio": b64}).to_string().into()))
+            .await
+            .unwrap();
+    }
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        let pcm = pcm.clone();
+        let port = server.port;
+        sessions.push(tokio::spawn(async move {
+            let mut ws = ws_connect(port, None).await.unwrap();
+            next_of(&mut ws, "session.created").await;
+            let started = tokio::time::Instant::now();
+            let (mut tx, mut rx) = ws.split();
+            let sender = tokio::spawn(async move {
+                for (i, chunk) in pcm.chunks(960).enumerate() {
+                    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, chunk);
+                    tx.send(Message::Text(json!({"type": "input_audio_buffer.append", "audio": b64}).to_string().into()))
+                        .await
+                        .unwrap();
+                    tokio::time::sleep_until(started + Duration::from_millis(20 * (i as u64 + 1))).await;
+                }
+                tx
+            });
+            let completed = next_within(&mut rx, "conversation.item.input_audio_transcription.completed", Duration::from_secs(90)).await;
+            let _tx = sender.await.unwrap();
+            completed["transcript"].as_str().unwrap_or_default().to_lowercase()
+        }));
+    }
+    for session in sessions {
+        let transcript = tokio::time::timeout(Duration::from_secs(120), session)
+            .await
+            .expect("a session did not finish its turn in time")
+            .unwrap();
+        assert!(transcript.contains("young man"), "{transcript}");
+    }
+    drop(stalled);
+    // Sessions end and free themselves once clients leave.
+    for _ in 0..50 {
+        if server.app.metrics.sessions_active.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.app.metrics.sessions_active.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
