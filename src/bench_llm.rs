@@ -31,13 +31,54 @@ use crate::llm::local::{LoadOptions, LocalModel, WeightQuant};
 use crate::llm::{ChatMessage, GenerateOptions, Role};
 use crate::models::{ModelStore, files, ids};
 
+/// One duplex configuration: `auto`, `q8_0`, `q4_0/candle`,
+/// `auto/serial` (single-threaded decoding)...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalEngine {
+    pub quant: WeightQuant,
+    /// duplex's packed AVX-512 VNNI kernel where the CPU has it.
+    pub packed_kernel: bool,
+    pub parallel_decode: bool,
+}
+
+impl Default for LocalEngine {
+    fn default() -> Self {
+        let o = LoadOptions::default();
+        LocalEngine {
+            quant: o.quant,
+            packed_kernel: o.packed_kernel,
+            parallel_decode: o.parallel_decode,
+        }
+    }
+}
+
+impl std::str::FromStr for LocalEngine {
+    type Err = anyhow::Error;
+    /// `<weight type>[/candle][/serial]`.
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = s.split('/');
+        let mut e = LocalEngine {
+            quant: parts.next().unwrap_or_default().parse()?,
+            ..LocalEngine::default()
+        };
+        for flag in parts {
+            match flag {
+                "candle" => e.packed_kernel = false,
+                "serial" => e.parallel_decode = false,
+                other => bail!("unknown engine flag `{other}` in `{s}` (candle, serial)"),
+            }
+        }
+        Ok(e)
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// The GGUF to run (`None`: the installed SmolLM2).
     pub model: Option<PathBuf>,
-    /// The weight types duplex runs, one table row each.
-    pub quants: Vec<WeightQuant>,
+    /// The duplex configurations to run, one table row each.
+    pub engines: Vec<LocalEngine>,
     /// Approximate length of the first prompt in tokens.
     pub prompt_tokens: usize,
     /// Tokens generated per turn.
@@ -59,7 +100,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             model: None,
-            quants: vec![crate::llm::local::DEFAULT_QUANT],
+            engines: vec![LocalEngine::default()],
             prompt_tokens: 300,
             gen_tokens: 64,
             runs: 3,
@@ -241,24 +282,26 @@ fn summarize(engine: String, cold: &[Turn], warm: &[Turn]) -> EngineResult {
 
 /// Runs the benchmark.
 pub fn run(options: &BenchOptions) -> Result<Report> {
-    if options.quants.is_empty() || options.runs == 0 || options.gen_tokens < 2 {
-        bail!("bench llm needs at least one weight type, one run and two generated tokens");
+    if options.engines.is_empty() || options.runs == 0 || options.gen_tokens < 2 {
+        bail!("bench llm needs at least one engine, one run and two generated tokens");
     }
     let path = match &options.model {
         Some(p) => p.clone(),
         None => ModelStore::from_env().file(ids::SMOLLM2, files::SMOLLM2_GGUF)?,
     };
-    let load = |quant| {
+    let load = |e: LocalEngine| {
         LocalModel::load_gguf(
             &path,
             &LoadOptions {
-                quant,
+                quant: e.quant,
+                packed_kernel: e.packed_kernel,
+                parallel_decode: e.parallel_decode,
                 package_id: options.model.is_none().then(|| ids::SMOLLM2.to_string()),
                 ..LoadOptions::default()
             },
         )
     };
-    let first_model = load(options.quants[0])?;
+    let first_model = load(options.engines[0])?;
     let (conv, followup) = conversation(&first_model, options.prompt_tokens)?;
     let p1 = first_model.prompt_tokens(&conv)?;
     // The tokens between the reply and the next reply: `<|im_end|>\n`, the
@@ -282,13 +325,22 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
     // The engines take turns, run by run, so both see the same machine load.
     let mut duplex = Vec::new();
     let mut model = Some(first_model);
-    for &quant in &options.quants {
+    for &engine in &options.engines {
         let m = match model.take() {
             Some(m) => m,
-            None => load(quant)?,
+            None => load(engine)?,
         };
         let load_time = m.load_time();
-        let name = format!("duplex (candle, {})", m.weight_quant());
+        let name = format!(
+            "duplex ({}, {}{})",
+            m.kernel(),
+            m.weight_quant(),
+            if engine.parallel_decode {
+                ""
+            } else {
+                ", 1-thread decode"
+            }
+        );
         // Warm-up: one untimed turn each.
         duplex_turn(&mut m.session(), &p1, n)?;
         if let Ok(p) = &mut peer
@@ -641,7 +693,7 @@ pub fn print(report: &Report) {
     }
     for (r, load) in &report.duplex {
         println!(
-            "  {} loads (requantizing {}) in {:.0} ms",
+            "  {} loads ({} file) in {:.0} ms",
             r.engine,
             report.file_quant,
             ms(*load)

@@ -421,9 +421,22 @@ fn overlong_conversation_drops_oldest_turns_or_fails_clearly() {
 }
 
 #[test]
-fn requantization_is_a_parameter() {
+fn weight_types_and_kernels_are_parameters() {
+    let store = ModelStore::from_env();
+    let conv = [sys(SYSTEM), user("What is the capital of France?")];
+    // The default runs SmolLM2's own Q4_1 weights on the packed VNNI
+    // kernel where the CPU has it, else requantizes to Q8_0 for candle.
+    let m = model();
+    match m.kernel() {
+        "avx512-vnni" => assert_eq!(m.weight_quant(), WeightQuant::Q4_1),
+        "candle" => assert_eq!(m.weight_quant(), WeightQuant::Q8_0),
+        other => panic!("unknown kernel {other}"),
+    }
+    let (reference, _, _) = run(&mut m.session(), &conv, &greedy(32));
+
+    // Requantized to Q4_0 (lossy): still sensible.
     let q4 = LocalModel::load_with(
-        &ModelStore::from_env(),
+        &store,
         &LoadOptions {
             quant: WeightQuant::Q4_0,
             ..LoadOptions::default()
@@ -431,10 +444,26 @@ fn requantization_is_a_parameter() {
     )
     .unwrap();
     assert_eq!(q4.weight_quant(), WeightQuant::Q4_0);
-    assert_eq!(model().weight_quant(), duplex::llm::local::DEFAULT_QUANT);
-    let conv = [sys(SYSTEM), user("What is the capital of France?")];
     let (a, _, _) = run(&mut q4.session(), &conv, &greedy(32));
     assert!(looks_like_english(&a), "Q4_0 answer: {a:?}");
+
+    // candle's kernels on the same Q4_1 weights agree with the packed ones.
+    let candle = LocalModel::load_with(
+        &store,
+        &LoadOptions {
+            quant: WeightQuant::AsStored,
+            packed_kernel: false,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(candle.kernel(), "candle");
+    assert_eq!(candle.weight_quant(), WeightQuant::Q4_1);
+    let (c, _, _) = run(&mut candle.session(), &conv, &greedy(32));
+    assert!(looks_like_english(&c), "candle answer: {c:?}");
+    if m.kernel() == "avx512-vnni" {
+        assert_eq!(c, reference, "packed and candle kernels disagree on Q4_1");
+    }
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

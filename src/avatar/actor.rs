@@ -109,7 +109,10 @@ impl AvatarActor {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut renderer = self.renderer.take().context("avatar renderer lost after an earlier failure")?;
+        let mut renderer = self
+            .renderer
+            .take()
+            .context("avatar renderer lost after an earlier failure")?;
         let quality = self.params.quality;
         let (renderer, encoded) = tokio::task::spawn_blocking(move || {
             let encoded: Result<Vec<(Job, Vec<u8>)>> = jobs
@@ -172,8 +175,7 @@ impl AvatarActor {
 #[async_trait]
 impl Actor for AvatarActor {
     async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
-        let Payload::Playout { item_id, chunk, .. } = &frame.payload
-        else {
+        let Payload::Playout { item_id, chunk, .. } = &frame.payload else {
             ctx.send(frame).await;
             return Ok(());
         };

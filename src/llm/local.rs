@@ -159,6 +159,11 @@ pub struct LoadOptions {
     /// Run Q4_0/Q4_1/Q8_0 weights on duplex's packed AVX-512 VNNI kernel when
     /// the CPU has it (`false`: always candle's kernels).
     pub packed_kernel: bool,
+    /// Spread each decoding step (one token) over all cores. Prefill always
+    /// is. Single-threaded decoding is slower on an idle machine but leaves
+    /// cores to speech recognition/synthesis and degrades gracefully when
+    /// the machine is busy (candle's pool spin-waits for its threads).
+    pub parallel_decode: bool,
 }
 
 impl Default for LoadOptions {
@@ -168,6 +173,7 @@ impl Default for LoadOptions {
             context_length: None,
             package_id: None,
             packed_kernel: true,
+            parallel_decode: true,
         }
     }
 }
@@ -289,9 +295,10 @@ impl LocalModel {
             WeightQuant::Auto => Some(GgmlDType::Q8_0),
             q => q.ggml(),
         };
-        let weights =
+        let mut weights =
             Weights::from_gguf(&content, &mut file, quant, packed, options.context_length)
                 .map_err(corrupt)?;
+        weights.parallel_decode = options.parallel_decode;
         if weights.cfg.vocab_size != tok.vocab_size() {
             return Err(corrupt(anyhow!(
                 "the embedding has {} rows but the tokenizer {} tokens",
@@ -780,8 +787,8 @@ mod bench_dev {
     #[ignore = "benchmark: cargo test --release --lib bench_dev -- --ignored --nocapture"]
     fn bench_llm_report() {
         let mut o = super::bench_llm_dev::BenchOptions::default();
-        if let Ok(q) = std::env::var("BENCH_QUANTS") {
-            o.quants = q.split(',').map(|s| s.parse().unwrap()).collect();
+        if let Ok(q) = std::env::var("BENCH_ENGINES") {
+            o.engines = q.split(',').map(|s| s.parse().unwrap()).collect();
         }
         if let Ok(r) = std::env::var("BENCH_RUNS") {
             o.runs = r.parse().unwrap();
@@ -805,11 +812,13 @@ mod cpu_dev {
     #[test]
     #[ignore = "dev: CPU time per token"]
     fn cpu_time_per_token() {
-        let q: WeightQuant = std::env::var("Q").unwrap_or("q4_0".into()).parse().unwrap();
+        let q: WeightQuant = std::env::var("Q").unwrap_or("auto".into()).parse().unwrap();
         let m = LocalModel::load_with(
             &ModelStore::from_env(),
             &LoadOptions {
                 quant: q,
+                packed_kernel: std::env::var("PACKED").map_or(true, |v| v != "0"),
+                parallel_decode: std::env::var("PAR").map_or(true, |v| v != "0"),
                 ..Default::default()
             },
         )

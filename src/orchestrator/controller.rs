@@ -270,24 +270,23 @@ impl Controller {
         if cut {
             self.conversation.truncate(&active.item_id, &text)?;
         }
-        if let Some(memory) = &self.memory
-            && !text.trim().is_empty()
-        {
-            let memory = memory.clone();
-            let said = text.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut m = memory
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
-                m.remember(Modality::Assistant, &said, now_unix_ms())
-            })
-            .await
-            .context("memory task failed")??;
+        if !text.trim().is_empty() {
+            self.remember(Modality::Assistant, &text).await?;
         }
         if let Err(e) = usage {
             ctx.events().error(0, "llm_error", &format!("{e:#}"));
         }
         Ok(())
+    }
+
+    /// Stores something said in the session's memory (when it has one),
+    /// off the reactor: embedding runs the model.
+    fn remember(
+        &self,
+        modality: Modality,
+        text: &str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        remember_in(self.memory.clone(), modality, text.to_string())
     }
 
     /// Stops a response (the user talked over it, or the client cancelled
@@ -524,19 +523,8 @@ impl Controller {
                     .as_ref()
                     .map(|id| format!("(result of function call {id}) {text}"));
                 self.conversation.push(item_id, *role, text, prompt);
-                if let Some(memory) = &self.memory
-                    && *role == Role::User
-                {
-                    let memory = memory.clone();
-                    let said = text.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let mut m = memory
-                            .lock()
-                            .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
-                        m.remember(Modality::User, &said, now_unix_ms())
-                    })
-                    .await
-                    .context("memory task failed")??;
+                if *role == Role::User {
+                    self.remember(Modality::User, text).await?;
                 }
                 let item = match call_id {
                     Some(call_id) => json!({
@@ -714,6 +702,25 @@ impl Controller {
         );
         Ok(())
     }
+}
+
+async fn remember_in(
+    memory: Option<Arc<Mutex<Memory>>>,
+    modality: Modality,
+    said: String,
+) -> Result<()> {
+    let Some(memory) = memory else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut m = memory
+            .lock()
+            .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+        m.remember(modality, &said, now_unix_ms())
+    })
+    .await
+    .context("memory task failed")??;
+    Ok(())
 }
 
 struct GenerateJob {

@@ -67,7 +67,11 @@ impl Heard {
                     ..State::default()
                 });
             }
-            if let Some(s) = all.responses.iter_mut().find(|s| s.response_id == response_id) {
+            if let Some(s) = all
+                .responses
+                .iter_mut()
+                .find(|s| s.response_id == response_id)
+            {
                 s.clauses.push(ClauseAudio {
                     text: text.to_string(),
                     start_ms,

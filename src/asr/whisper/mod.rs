@@ -12,13 +12,30 @@
 //! - [`WhisperSession::transcribe`]: 16 kHz mono audio in, plain text out.
 //!
 //! Speed: whisper.cpp's encoder normally runs a fixed 30 s window (1500
-//! positions, ~1.6 s per utterance for tiny on 2 cores). `transcribe` sizes
-//! the window to the audio instead (`audio_ctx`, 50 positions per second plus
-//! a margin), with a floor ([`DecodeOptions::audio_ctx_floor`]), because
-//! windows tightly fitted to short clips (~214-256) make greedy decoding of
-//! tiny.en loop. See `AUDIO_CTX_MARGIN` and the module tests for the
-//! measurements behind the defaults.
-
+//! positions). `transcribe` sizes the window to the audio instead
+//! (`audio_ctx`: 50 positions per second plus [`AUDIO_CTX_MARGIN`]), never
+//! below [`DecodeOptions::audio_ctx_floor`] (default
+//! [`DEFAULT_AUDIO_CTX_FLOOR`] = 512, i.e. 10.24 s).
+//!
+//! Measured on the 10 test clips (5 LibriVox, 5 "cards", 1.1-7.1 s), greedy,
+//! CPU time of one thread (the sweep tests in `tests.rs`):
+//!
+//! | window | errors LibriVox / cards | ms per clip |
+//! |---|---|---|
+//! | 1500 (whisper.cpp default) | 3/71, 2/21 | 1730-1900 |
+//! | floor 768 | 5/71, 3/21 | 700-800 |
+//! | floor 512 | 5/71, 3/21 | 440-550 |
+//! | floor 448, no fallback | 5/71, 33/21 (loops) | 450-520 |
+//! | floor 384, no fallback | 5/71, 33/21 (loops) | |
+//! | floor 0 (tight), fallback | 13/71, 49/21 (loops) | up to 23 s |
+//!
+//! Windows below 512 make tiny.en's greedy decoding loop on short clips
+//! ("10 of clubs 10 of clubs ..."): with temperature fallback whisper.cpp
+//! recovers (slowly, and the result then depends on earlier calls because
+//! the sampler's random state lives in the session), without it the loop
+//! stays. From 512 up no loop was seen, with or without fallback, in any
+//! call order. Beam search (5) at 512 fixed two LibriVox errors but cost 40%
+//! more time and added two on the cards.
 pub mod ggml;
 pub mod mel;
 
@@ -51,7 +68,7 @@ const POSITIONS_PER_SECOND: usize = 50;
 pub const MAX_AUDIO_CTX: usize = 1500;
 
 /// Default [`DecodeOptions::audio_ctx_floor`].
-pub const DEFAULT_AUDIO_CTX_FLOOR: usize = 384;
+pub const DEFAULT_AUDIO_CTX_FLOOR: usize = 512;
 
 /// Encoder positions added after the end of the audio (0.64 s of the
 /// silence whisper.cpp pads with), so the model sees the utterance end.

@@ -248,20 +248,50 @@ fn sweep_audio_ctx_settings() {
         ..DecodeOptions::default()
     };
     let only = std::env::var("SWEEP").unwrap_or_default();
-    let reps: usize = std::env::var("SWEEP_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let threads: usize = std::env::var("SWEEP_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let reps: usize = std::env::var("SWEEP_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let threads: usize = std::env::var("SWEEP_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let base = DecodeOptions { threads, ..base };
     let set = std::env::var("SWEEP_SET").unwrap_or_default();
     let pairs: &[(usize, usize)] = if set == "wide" {
-        &[(1500, 0), (0, 32), (0, 64), (256, 32), (320, 32), (384, 0), (384, 16), (384, 32),
-          (384, 64), (448, 32), (512, 32), (512, 64)]
+        &[
+            (1500, 0),
+            (0, 32),
+            (0, 64),
+            (256, 32),
+            (320, 32),
+            (384, 0),
+            (384, 16),
+            (384, 32),
+            (384, 64),
+            (448, 32),
+            (512, 32),
+            (512, 64),
+        ]
     } else {
-        &[(1500, 0), (448, 32), (512, 0), (512, 32), (576, 32), (640, 32), (768, 32)]
+        &[
+            (1500, 0),
+            (448, 32),
+            (512, 0),
+            (512, 32),
+            (576, 32),
+            (640, 32),
+            (768, 32),
+        ]
     };
     for &(floor, margin) in pairs {
         configs.push((
             format!("floor {floor:4} margin {margin:2} greedy"),
-            DecodeOptions { audio_ctx_floor: floor, audio_ctx_margin: margin, ..base.clone() },
+            DecodeOptions {
+                audio_ctx_floor: floor,
+                audio_ctx_margin: margin,
+                ..base.clone()
+            },
         ));
         configs.push((
             format!("floor {floor:4} margin {margin:2} greedy no-fallback"),
@@ -276,7 +306,11 @@ fn sweep_audio_ctx_settings() {
     for floor in [384, 512] {
         configs.push((
             format!("floor {floor:4} margin 32 beam 5"),
-            DecodeOptions { audio_ctx_floor: floor, beam: Some(5), ..base.clone() },
+            DecodeOptions {
+                audio_ctx_floor: floor,
+                beam: Some(5),
+                ..base.clone()
+            },
         ));
     }
     for (label, o) in &configs {
@@ -324,7 +358,16 @@ fn sweep_audio_ctx_settings() {
         let cpu_worst = best_cpu.iter().cloned().fold(0.0, f64::max);
         eprintln!(
             "{label:<40} errors librivox {:2}/71 cards {:2}/21 (reversed {:2} {:2}) | best wall ms: librivox avg {:4.0} cards avg {:4.0} worst {:5.0} | calling-thread cpu ms: {:4.0} {:4.0} worst {:5.0}",
-            errors[0].0, errors[0].1, errors[1].0, errors[1].1, lib_ms, cards_ms, worst, cpu_lib, cpu_cards, cpu_worst
+            errors[0].0,
+            errors[0].1,
+            errors[1].0,
+            errors[1].1,
+            lib_ms,
+            cards_ms,
+            worst,
+            cpu_lib,
+            cpu_cards,
+            cpu_worst
         );
     }
 }
@@ -351,5 +394,61 @@ fn probe_silence() {
             "{secs} s noise: {:?}",
             s.transcribe(&noise, &o).expect("noise")
         );
+    }
+}
+
+/// Margin after the audio for utterances longer than the floor's window:
+/// LibriVox clips joined into 9-25 s utterances, margins 0-128, fallback
+/// on and off. Prints errors and calling-thread CPU time (1 thread).
+#[test]
+#[ignore = "measurement: cargo test --release --lib sweep_long_audio -- --ignored --nocapture"]
+fn sweep_long_audio_margin() {
+    let model = WhisperModel::load(&ModelStore::from_env()).expect("model");
+    let clips = test_clips();
+    let joins: [&[usize]; 5] = [&[0, 1], &[2, 3], &[3, 4], &[0, 1, 2], &[0, 1, 2, 3, 4]];
+    let inputs: Vec<(Vec<f32>, String)> = joins
+        .iter()
+        .map(|idx| {
+            let audio: Vec<f32> = idx.iter().flat_map(|&i| clips[i].audio.clone()).collect();
+            let reference = idx
+                .iter()
+                .map(|&i| clips[i].reference.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            (audio, reference)
+        })
+        .collect();
+    for margin in [0usize, 16, 32, 64, 128] {
+        for fallback in [false, true] {
+            let o = DecodeOptions {
+                threads: 1,
+                audio_ctx_margin: margin,
+                temperature_fallback: fallback,
+                ..DecodeOptions::default()
+            };
+            let mut session = model.session().expect("session");
+            let mut line = format!("margin {margin:3} fallback {fallback:5}:");
+            let mut total = WerTally::default();
+            for (audio, reference) in &inputs {
+                let c0 = thread_cpu_ms();
+                let hyp = session.transcribe(audio, &o).expect("transcribe");
+                let cpu = thread_cpu_ms() - c0;
+                let mut t = WerTally::default();
+                t.add(reference, &hyp);
+                total.add(reference, &hyp);
+                line += &format!(
+                    "  {:4.1}s ctx {:4}: {:2}/{:2} err {:5.0} ms",
+                    audio.len() as f64 / 16000.0,
+                    o.audio_ctx(audio.len()),
+                    t.errors,
+                    t.words,
+                    cpu
+                );
+                if std::env::var("SWEEP_VERBOSE").is_ok() {
+                    eprintln!("    {hyp:?}");
+                }
+            }
+            eprintln!("{line}  total {}/{}", total.errors, total.words);
+        }
     }
 }

@@ -117,6 +117,9 @@ pub struct Weights {
     pub weight_dtype: GgmlDType,
     /// The layers run the packed AVX-512 VNNI kernel.
     pub packed: bool,
+    /// Decode steps (one token) use the thread pool too (prefill always
+    /// does).
+    pub parallel_decode: bool,
     embed: Arc<QTensor>,
     layers: Vec<Layer>,
     norm: Vec<f32>,
@@ -172,14 +175,22 @@ fn make_linear(
         .sum::<candle_core::Result<usize>>()?;
     if packed {
         let refs: Vec<&QTensor> = parts.iter().map(|p| p.as_ref()).collect();
-        if let Some(p) = Packed::from_qtensors(&refs).with_context(|| format!("packing `{name}`"))? {
+        if let Some(p) =
+            Packed::from_qtensors(&refs).with_context(|| format!("packing `{name}`"))?
+        {
             return Ok((Linear::Packed(p), dtype));
         }
     }
     let same = parts.iter().all(|p| p.dtype() == dtype);
     if parts.len() == 1 && same {
         let p = parts.into_iter().next().expect("one part");
-        return Ok((Linear::Candle { mm: QMatMul::from_arc(p)?, n }, dtype));
+        return Ok((
+            Linear::Candle {
+                mm: QMatMul::from_arc(p)?,
+                n,
+            },
+            dtype,
+        ));
     }
     let rows: Vec<Tensor> = parts
         .iter()
@@ -188,7 +199,13 @@ fn make_linear(
     let full = Tensor::cat(&rows, 0)?;
     let q = QTensor::quantize(&full, dtype)
         .with_context(|| format!("cannot quantize `{name}` to {dtype:?}"))?;
-    Ok((Linear::Candle { mm: QMatMul::from_qtensor(q)?, n }, dtype))
+    Ok((
+        Linear::Candle {
+            mm: QMatMul::from_qtensor(q)?,
+            n,
+        },
+        dtype,
+    ))
 }
 
 impl Weights {
@@ -253,7 +270,11 @@ impl Weights {
             )?;
             weight_dtype.get_or_insert(dt);
             let hd = cfg.head_dim;
-            expect(&qkv, (cfg.n_head + 2 * cfg.n_kv_head) * hd, &format!("{p}.attn_qkv"))?;
+            expect(
+                &qkv,
+                (cfg.n_head + 2 * cfg.n_kv_head) * hd,
+                &format!("{p}.attn_qkv"),
+            )?;
             let (wo, _) = make_linear(
                 vec![q(r, &format!("{p}.attn_output.weight"))?],
                 quant,
@@ -278,7 +299,8 @@ impl Weights {
                 &format!("{p}.ffn_down.weight"),
             )?;
             expect(&down, cfg.n_embd, &format!("{p}.ffn_down.weight"))?;
-            all_packed &= qkv.is_packed() && wo.is_packed() && gate_up.is_packed() && down.is_packed();
+            all_packed &=
+                qkv.is_packed() && wo.is_packed() && gate_up.is_packed() && down.is_packed();
             layers.push(Layer {
                 attn_norm: load_f32(ct, r, &format!("{p}.attn_norm.weight"), &dev)?,
                 qkv,
@@ -292,6 +314,7 @@ impl Weights {
         Ok(Weights {
             weight_dtype: weight_dtype.unwrap_or(GgmlDType::F32),
             packed: all_packed && !layers.is_empty(),
+            parallel_decode: true,
             cfg,
             embed,
             layers,
@@ -315,6 +338,7 @@ impl Weights {
     pub fn forward(&self, tokens: &[u32], kv: &mut KvCache) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let seq = tokens.len();
+        let par = seq > 1 || self.parallel_decode;
         let pos = kv.len;
         if seq == 0 {
             bail!("forward with no tokens");
@@ -336,7 +360,11 @@ impl Weights {
         let qkv_dim = q_dim + 2 * kv_dim;
         let eps = cfg.rms_eps as f32;
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut x = self
+            .embed
+            .embedding(&ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let shape = AttnShape {
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
@@ -349,7 +377,7 @@ impl Weights {
         let mut act = vec![0f32; seq * cfg.n_ff];
         for (layer, (kc, vc)) in self.layers.iter().zip(kv.layers.iter_mut()) {
             rms_norm(&x, &layer.attn_norm, eps, &mut h);
-            let mut qkv = layer.qkv.forward(&h, seq)?;
+            let mut qkv = layer.qkv.forward(&h, seq, par)?;
             kc.truncate(pos * kv_dim);
             vc.truncate(pos * kv_dim);
             q.clear();
@@ -364,24 +392,27 @@ impl Weights {
                 kc.extend_from_slice(kr);
                 vc.extend_from_slice(vr);
             }
-            attention(&q, kc, vc, pos, seq, &shape, &mut y);
-            let o = layer.wo.forward(&y, seq)?;
+            attention(&q, kc, vc, pos, seq, &shape, par, &mut y);
+            let o = layer.wo.forward(&y, seq, par)?;
             add_assign(&mut x, &o);
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
-            let gu = layer.gate_up.forward(&h, seq)?;
-            for (a, row) in act.chunks_exact_mut(cfg.n_ff).zip(gu.chunks_exact(2 * cfg.n_ff)) {
+            let gu = layer.gate_up.forward(&h, seq, par)?;
+            for (a, row) in act
+                .chunks_exact_mut(cfg.n_ff)
+                .zip(gu.chunks_exact(2 * cfg.n_ff))
+            {
                 let (gate, up) = row.split_at(cfg.n_ff);
                 for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            let dn = layer.down.forward(&act, seq)?;
+            let dn = layer.down.forward(&act, seq, par)?;
             add_assign(&mut x, &dn);
         }
         kv.len = pos + seq;
         let mut last = vec![0f32; e];
         rms_norm(&x[(seq - 1) * e..], &self.norm, eps, &mut last);
-        self.output.forward(&last, 1)
+        self.output.forward(&last, 1, self.parallel_decode)
     }
 
     fn rope_row<'a>(&self, table: &'a [f32], pos: usize) -> &'a [f32] {
@@ -451,6 +482,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `q` and `out` are [query][head][head_dim]. Each (query, head) is computed
 /// independently with the same arithmetic, spread over candle's CPU thread
 /// pool (the one its matmuls use, so the two never compete for cores).
+#[allow(clippy::too_many_arguments)]
 fn attention(
     q: &[f32],
     kc: &[f32],
@@ -458,6 +490,7 @@ fn attention(
     pos: usize,
     seq: usize,
     s: &AttnShape,
+    parallel: bool,
     out: &mut [f32],
 ) {
     let hd = s.head_dim;
@@ -473,7 +506,7 @@ fn attention(
         }
     };
     // Tiny jobs are not worth waking the pool.
-    if items * (pos + seq) * hd < 1 << 16 {
+    if !parallel || items * (pos + seq) * hd < 1 << 16 {
         run(0..items, out);
         return;
     }

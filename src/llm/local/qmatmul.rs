@@ -63,9 +63,11 @@ impl Linear {
     }
 
     /// `x`: `m` rows of `k` values; returns `m` rows of `n` values.
-    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    /// `parallel`: spread the packed kernel over candle's thread pool (else
+    /// it runs on the calling thread; candle's kernels always use the pool).
+    pub fn forward(&self, x: &[f32], m: usize, parallel: bool) -> Result<Vec<f32>> {
         match self {
-            Linear::Packed(p) => Ok(p.matmul(x, m)),
+            Linear::Packed(p) => Ok(p.matmul(x, m, parallel)),
             Linear::Candle { mm, .. } => {
                 let k = x.len() / m.max(1);
                 let t = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
@@ -150,7 +152,11 @@ fn decode_rows(t: &QTensor) -> Result<Vec<Row>> {
         other => bail!("no packed layout for {other:?}"),
     };
     if data.len() != rows * nb * bsize {
-        bail!("tensor data is {} bytes, expected {}", data.len(), rows * nb * bsize);
+        bail!(
+            "tensor data is {} bytes, expected {}",
+            data.len(),
+            rows * nb * bsize
+        );
     }
     let mut out = Vec::with_capacity(rows);
     for r in 0..rows {
@@ -250,7 +256,8 @@ impl Packed {
                     if four_bit {
                         for g in 0..4 {
                             for j in 0..4 {
-                                out[64 + g * 64 + i * 4 + j] = u[8 * g + j] | (u[8 * g + 4 + j] << 4);
+                                out[64 + g * 64 + i * 4 + j] =
+                                    u[8 * g + j] | (u[8 * g + 4 + j] << 4);
                             }
                         }
                     } else {
@@ -271,12 +278,8 @@ impl Packed {
         }))
     }
 
-    pub fn bytes(&self) -> usize {
-        self.data.len()
-    }
-
     /// `x`: `m` rows of `k`; returns `m` rows of `n`.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    pub fn matmul(&self, x: &[f32], m: usize, parallel: bool) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "packed matmul: bad input length");
         assert!(packed_available(), "packed matmul needs AVX-512 VNNI");
         let acts = Acts::quantize(x, m, self.k);
@@ -296,7 +299,7 @@ impl Packed {
                 };
             }
         };
-        if m * self.n * self.k < 1 << 16 {
+        if !parallel || m * self.n * self.k < 1 << 16 {
             run(0..tiles);
         } else {
             candle_core::utils::barrier_pool().execute_chunked(tiles, run);
@@ -361,7 +364,7 @@ impl Packed {
                         };
                         dot += u as i32 * acts.q[r * self.k + b * BLOCK + kk] as i32;
                     }
-                    let tt = (d * dot as f32).mul_add(1.0, 0.0);
+                    let tt = d * dot as f32;
                     let tt = mm.mul_add(acts.s[r * nb + b], tt);
                     acc = tt.mul_add(acts.d[r * nb + b], acc);
                 }
@@ -375,7 +378,6 @@ impl Packed {
 /// Activations quantized per block of 32 to i8: `x ≈ d * q`; `s = Σ q`.
 struct Acts {
     m: usize,
-    k: usize,
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<f32>,
@@ -386,7 +388,6 @@ impl Acts {
         let nb = k / BLOCK;
         let mut a = Acts {
             m,
-            k,
             q: vec![0; m * k],
             d: vec![0.0; m * nb],
             s: vec![0.0; m * nb],
@@ -450,10 +451,15 @@ unsafe fn kernel<const FOUR: bool, const R: usize>(
                 let xg = acts.q.as_ptr().add(row * k + b * BLOCK) as *const i32;
                 let mut dot = _mm512_setzero_si512();
                 for (g, wg) in w.iter().enumerate() {
-                    dot = _mm512_dpbusd_epi32(dot, *wg, _mm512_set1_epi32(xg.add(g).read_unaligned()));
+                    dot = _mm512_dpbusd_epi32(
+                        dot,
+                        *wg,
+                        _mm512_set1_epi32(xg.add(g).read_unaligned()),
+                    );
                 }
                 let tt = _mm512_mul_ps(d, _mm512_cvtepi32_ps(dot));
-                let tt = _mm512_fmadd_ps(mn, _mm512_set1_ps(*acts.s.get_unchecked(row * nb + b)), tt);
+                let tt =
+                    _mm512_fmadd_ps(mn, _mm512_set1_ps(*acts.s.get_unchecked(row * nb + b)), tt);
                 *a = _mm512_fmadd_ps(tt, _mm512_set1_ps(*acts.d.get_unchecked(row * nb + b)), *a);
             }
         }
@@ -496,7 +502,11 @@ mod tests {
         for dt in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let w = weights(32, 64, 7);
             let q = QTensor::quantize(&w, dt).unwrap();
-            let reference = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            let reference = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             let rows = decode_rows(&q).unwrap();
             for (r, row) in rows.iter().enumerate() {
                 for kk in 0..64 {
@@ -521,10 +531,13 @@ mod tests {
             let w = weights(n, k, 3);
             let q = QTensor::quantize(&w, dt).unwrap();
             let p = Packed::from_qtensors(&[&q]).unwrap().expect("packable");
-            let fast = p.matmul(&x, m);
+            let fast = p.matmul(&x, m, true);
             let slow = p.matmul_reference(&x, m);
             for (a, b) in fast.iter().zip(&slow) {
-                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{dt:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "{dt:?}: {a} vs {b}"
+                );
             }
             // Against candle's f32 result on the dequantized weights.
             let exact = Tensor::from_slice(&x, (m, k), &Device::Cpu)
@@ -536,11 +549,14 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap();
             for (a, b) in fast.iter().zip(&exact) {
-                assert!((a - b).abs() < 0.05 * (1.0 + b.abs()), "{dt:?}: {a} vs exact {b}");
+                assert!(
+                    (a - b).abs() < 0.05 * (1.0 + b.abs()),
+                    "{dt:?}: {a} vs exact {b}"
+                );
             }
             // Row r alone gives the very same bits as inside the batch.
             for r in 0..m {
-                let one = p.matmul(&x[r * k..(r + 1) * k], 1);
+                let one = p.matmul(&x[r * k..(r + 1) * k], 1, false);
                 assert_eq!(one, fast[r * n..(r + 1) * n].to_vec(), "{dt:?} row {r}");
             }
         }
@@ -549,7 +565,7 @@ mod tests {
         let b = QTensor::quantize(&weights(16, k, 2), GgmlDType::Q8_0).unwrap();
         let p = Packed::from_qtensors(&[&a, &b]).unwrap().unwrap();
         assert!(!p.four_bit);
-        let fast = p.matmul(&x, m);
+        let fast = p.matmul(&x, m, true);
         let slow = p.matmul_reference(&x, m);
         for (x, y) in fast.iter().zip(&slow) {
             assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0));
