@@ -12,7 +12,11 @@
 //!   the new tokens need computing (both engines reuse their KV cache
 //!   prefix);
 //!
-//! each the median of `runs` runs after one untimed warm-up. llama.cpp runs
+//! each the median of `runs` runs after one untimed warm-up; the engines
+//! take turns run by run so that both see the same machine load (on a
+//! shared machine, numbers move a lot with other processes: multi-threaded
+//! runs suffer most). duplex uses one thread per core (`CANDLE_NUM_THREADS`
+//! caps it); `threads` sets llama.cpp's. llama.cpp runs
 //! through llama-cpp-python (`Llama.generate`, the same loop its OpenAI
 //! server drives) in a Python child process; provision it with
 //! `scripts/llama-server-peer` (a venv at `target/llama-venv`). When it is
@@ -32,7 +36,7 @@ use crate::llm::{ChatMessage, GenerateOptions, Role};
 use crate::models::{ModelStore, files, ids};
 
 /// One duplex configuration: `auto`, `q8_0`, `q4_0/candle`,
-/// `auto/serial` (single-threaded decoding)...
+/// `auto/parallel` (multi-threaded decoding)...
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalEngine {
     pub quant: WeightQuant,
@@ -54,7 +58,7 @@ impl Default for LocalEngine {
 
 impl std::str::FromStr for LocalEngine {
     type Err = anyhow::Error;
-    /// `<weight type>[/candle][/serial]`.
+    /// `<weight type>[/candle][/parallel]`.
     fn from_str(s: &str) -> Result<Self> {
         let mut parts = s.split('/');
         let mut e = LocalEngine {
@@ -64,8 +68,8 @@ impl std::str::FromStr for LocalEngine {
         for flag in parts {
             match flag {
                 "candle" => e.packed_kernel = false,
-                "serial" => e.parallel_decode = false,
-                other => bail!("unknown engine flag `{other}` in `{s}` (candle, serial)"),
+                "parallel" => e.parallel_decode = true,
+                other => bail!("unknown engine flag `{other}` in `{s}` (candle, parallel)"),
             }
         }
         Ok(e)
@@ -100,7 +104,13 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             model: None,
-            engines: vec![LocalEngine::default()],
+            engines: vec![
+                LocalEngine::default(),
+                LocalEngine {
+                    parallel_decode: true,
+                    ..LocalEngine::default()
+                },
+            ],
             prompt_tokens: 300,
             gen_tokens: 64,
             runs: 3,
@@ -336,9 +346,9 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
             m.kernel(),
             m.weight_quant(),
             if engine.parallel_decode {
-                ""
+                ", parallel decode"
             } else {
-                ", 1-thread decode"
+                ""
             }
         );
         // Warm-up: one untimed turn each.
@@ -631,8 +641,20 @@ pub fn print(report: &Report) {
         "  cold: fresh session, {}-token prompt; warm: follow-up turn on the same session ({} new tokens after the reply); {} tokens generated per turn (greedy)",
         report.prompt_tokens, report.followup_tokens, report.gen_tokens
     );
+    let peer_name = report
+        .peer
+        .as_ref()
+        .map(|p| format!("llama.cpp {} ({})", p.version, report.file_quant))
+        .unwrap_or_default();
+    let w = report
+        .duplex
+        .iter()
+        .map(|(r, _)| r.engine.len())
+        .chain([peer_name.len()])
+        .max()
+        .unwrap_or(0);
     println!(
-        "  {:<28} {:>14} {:>14} {:>12} {:>12} {:>14} {:>10}",
+        "  {:<w$} {:>13} {:>13} {:>11} {:>11} {:>14} {:>10}",
         "",
         "TTFT cold ms",
         "TTFT warm ms",
@@ -643,7 +665,7 @@ pub fn print(report: &Report) {
     );
     let row = |name: &str, r: &EngineResult| {
         println!(
-            "  {:<28} {:>14.1} {:>14.1} {:>12.1} {:>12.1} {:>14.0} {:>10}",
+            "  {:<w$} {:>13.1} {:>13.1} {:>11.1} {:>11.1} {:>14.0} {:>10}",
             name,
             ms(r.ttft_cold),
             ms(r.ttft_warm),
@@ -658,10 +680,7 @@ pub fn print(report: &Report) {
     }
     match &report.peer {
         Ok(p) => {
-            row(
-                &format!("llama.cpp {} ({})", p.version, report.file_quant),
-                &p.result,
-            );
+            row(&peer_name, &p.result);
             for (r, _) in &report.duplex {
                 let agree = r
                     .cold_tokens

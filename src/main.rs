@@ -109,6 +109,27 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// The local LLM engine (time to first token cold and warm, decode
+    /// tokens/s) against llama.cpp on the same GGUF, in the same run.
+    /// llama.cpp comes from `scripts/llama-server-peer` (target/llama-venv).
+    Llm {
+        /// Engines to race, comma-separated: `<weights>[/candle][/parallel]`,
+        /// weights one of auto, q8_0, q4_0, q4_1 (e.g. `auto,auto/parallel`).
+        #[arg(long, value_delimiter = ',')]
+        engines: Vec<duplex::bench_llm::LocalEngine>,
+        /// Approximate prompt length in tokens.
+        #[arg(long, default_value_t = 300)]
+        prompt_tokens: usize,
+        /// Tokens generated per turn.
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Timed runs per engine (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Skip llama.cpp (no peer installed).
+        #[arg(long)]
+        no_peer: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -209,6 +230,29 @@ async fn dispatch(command: Command) -> Result<()> {
             } => {
                 let (ours, peer) = duplex::bench::graph(frames, pings, rounds).await;
                 duplex::bench::print_graph(&ours, &peer);
+                Ok(())
+            }
+            BenchCommand::Llm {
+                engines,
+                prompt_tokens,
+                gen_tokens,
+                runs,
+                no_peer,
+            } => {
+                let mut options = duplex::bench_llm::BenchOptions {
+                    prompt_tokens,
+                    gen_tokens,
+                    runs,
+                    peer: !no_peer,
+                    ..Default::default()
+                };
+                if !engines.is_empty() {
+                    options.engines = engines;
+                }
+                let report = tokio::task::spawn_blocking(move || duplex::bench_llm::run(&options))
+                    .await
+                    .context("LLM benchmark thread")??;
+                duplex::bench_llm::print(&report);
                 Ok(())
             }
         },

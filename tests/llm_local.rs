@@ -195,11 +195,9 @@ fn tokens_of(session: &mut LocalSession, prompt: &[u32], n: usize) -> (Vec<u32>,
     (ids, usage)
 }
 
-#[test]
-fn cached_continuation_is_token_identical_over_a_long_generation() {
-    // 96 greedy tokens past the end of turn amplify any numerical
-    // difference between a batched prefill and token-by-token decoding.
-    let m = model();
+/// 96 greedy tokens past the end of turn amplify any numerical difference
+/// between a batched prefill and token-by-token decoding.
+fn check_long_continuation(m: &LocalModel) {
     let p1 = m
         .prompt_tokens(&[
             sys(SYSTEM),
@@ -213,12 +211,38 @@ fn cached_continuation_is_token_identical_over_a_long_generation() {
     let mut p2 = p1.clone();
     p2.extend(&reply);
     p2.push(m.end_of_turn_token());
-    p2.extend(m.tokenize("\nuser\nGo on, in more detail.").unwrap());
+    p2.extend(m.tokenize("\nGo on, in more detail.").unwrap());
     let (cached, u2) = tokens_of(&mut s, &p2, 96);
     assert_eq!(u2.prefilled_tokens, p2.len() - (p1.len() + 23));
     let (fresh, f2) = tokens_of(&mut m.session(), &p2, 96);
     assert_eq!(f2.prefilled_tokens, p2.len());
-    assert_eq!(cached, fresh, "cached and fresh token streams differ");
+    assert_eq!(
+        cached,
+        fresh,
+        "{} kernel: cached and fresh token streams differ",
+        m.kernel()
+    );
+}
+
+#[test]
+fn cached_continuation_is_token_identical_over_a_long_generation() {
+    check_long_continuation(model());
+}
+
+#[test]
+fn cached_continuation_is_token_identical_on_candle_kernels_too() {
+    // What CPUs without AVX-512 VNNI run (Q8_0 on candle's kernels).
+    let candle = LocalModel::load_with(
+        &ModelStore::from_env(),
+        &LoadOptions {
+            packed_kernel: false,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(candle.kernel(), "candle");
+    assert_eq!(candle.weight_quant(), WeightQuant::Q8_0);
+    check_long_continuation(&candle);
 }
 
 #[test]

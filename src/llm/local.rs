@@ -1,10 +1,12 @@
 //! The local LLM engine: a llama-architecture GGUF model (SmolLM2-135M by
-//! default) run on the CPU with candle.
+//! default) run on the CPU.
 //!
 //! - [`LocalModel`] holds the weights and tokenizer, immutable and shared by
-//!   every session (`Clone` is an `Arc` bump; `Send + Sync`). Weights are
-//!   requantized at load ([`WeightQuant`]): candle's Q4_1 kernels are slow,
-//!   Q4_0/Q8_0 ones are not.
+//!   every session (`Clone` is an `Arc` bump; `Send + Sync`). On CPUs with
+//!   AVX-512 VNNI the matmuls run duplex's packed kernel on the file's own
+//!   Q4_0/Q4_1/Q8_0 blocks (`local/qmatmul.rs`, lossless); elsewhere candle's
+//!   kernels, with the weights requantized at load ([`WeightQuant`]: candle
+//!   runs Q4_1 ~1.7x slower than Q8_0).
 //! - [`LocalSession`] is one conversation: it implements [`Llm`] and owns a
 //!   KV cache that survives across turns. Each `generate` renders the
 //!   conversation as ChatML, finds the longest common prefix with the tokens
@@ -13,11 +15,17 @@
 //!   reply cut short by an interruption, a deleted item) is recomputed from
 //!   the first token that changed.
 //!
+//! Every token is computed with the same arithmetic whether it is prefilled
+//! in a batch or decoded alone, so a cached session and a fresh one given the
+//! same history produce the same greedy reply, token for token.
+//!
 //! The transformer (`local/model.rs`) is adapted from candle-transformers'
 //! `quantized_llama` (Apache-2.0 OR MIT); the tokenizer (`local/tokenizer.rs`)
-//! is built from the GGUF metadata.
+//! is built from the GGUF metadata; `local/pool.rs` is the thread pool of the
+//! packed kernel and attention.
 
 mod model;
+mod pool;
 mod qmatmul;
 mod tokenizer;
 
@@ -159,10 +167,12 @@ pub struct LoadOptions {
     /// Run Q4_0/Q4_1/Q8_0 weights on duplex's packed AVX-512 VNNI kernel when
     /// the CPU has it (`false`: always candle's kernels).
     pub packed_kernel: bool,
-    /// Spread each decoding step (one token) over all cores. Prefill always
-    /// is. Single-threaded decoding is slower on an idle machine but leaves
-    /// cores to speech recognition/synthesis and degrades gracefully when
-    /// the machine is busy (candle's pool spin-waits for its threads).
+    /// Spread each decoding step (one token) over all cores; prefill always
+    /// is. Off by default: on 2 idle cores it decodes ~2x faster (SmolLM2:
+    /// ~85 vs ~45 tok/s, both far above speaking pace), but a decoding step
+    /// is ~150 small jobs, and when speech recognition and synthesis keep
+    /// the other core busy, waiting for a preempted helper thread made it
+    /// several times slower than one thread.
     pub parallel_decode: bool,
 }
 
@@ -173,7 +183,7 @@ impl Default for LoadOptions {
             context_length: None,
             package_id: None,
             packed_kernel: true,
-            parallel_decode: true,
+            parallel_decode: false,
         }
     }
 }
@@ -772,104 +782,5 @@ mod tests {
         assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
         assert_eq!(common_prefix(&[], &[1]), 0);
         assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
-    }
-}
-
-// Compiles and runs the benchmark module from this crate's unit tests until
-// it is wired into the CLI (`pub mod bench_llm;` in lib.rs).
-#[cfg(test)]
-#[path = "../bench_llm.rs"]
-mod bench_llm_dev;
-
-#[cfg(test)]
-mod bench_dev {
-    #[test]
-    #[ignore = "benchmark: cargo test --release --lib bench_dev -- --ignored --nocapture"]
-    fn bench_llm_report() {
-        let mut o = super::bench_llm_dev::BenchOptions::default();
-        if let Ok(q) = std::env::var("BENCH_ENGINES") {
-            o.engines = q.split(',').map(|s| s.parse().unwrap()).collect();
-        }
-        if let Ok(r) = std::env::var("BENCH_RUNS") {
-            o.runs = r.parse().unwrap();
-        }
-        let r = super::bench_llm_dev::run(&o).unwrap();
-        super::bench_llm_dev::print(&r);
-    }
-}
-
-#[cfg(test)]
-mod cpu_dev {
-    use super::*;
-
-    fn cpu_secs() -> f64 {
-        let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let rest = &s[s.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-    }
-
-    #[test]
-    #[ignore = "dev: CPU time per token"]
-    fn cpu_time_per_token() {
-        let q: WeightQuant = std::env::var("Q").unwrap_or("auto".into()).parse().unwrap();
-        let m = LocalModel::load_with(
-            &ModelStore::from_env(),
-            &LoadOptions {
-                quant: q,
-                packed_kernel: std::env::var("PACKED").map_or(true, |v| v != "0"),
-                parallel_decode: std::env::var("PAR").map_or(true, |v| v != "0"),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let prompt: Vec<u32> = m
-            .tokenize(&"The lighthouse keeper wrote in his logbook every night. ".repeat(30))
-            .unwrap()[..300]
-            .to_vec();
-        let opts = GenerateOptions {
-            max_tokens: 64,
-            temperature: 0.0,
-            seed: 0,
-        };
-        let cancel = AtomicBool::new(false);
-        let mut s = m.session();
-        s.generate_ids(&prompt[..20], &opts, false, &cancel, &mut |_, _| true)
-            .unwrap();
-        for _ in 0..2 {
-            let mut s = m.session();
-            let (c0, w0) = (cpu_secs(), Instant::now());
-            let mut first = None;
-            s.generate_ids(
-                &prompt,
-                &GenerateOptions {
-                    max_tokens: 1,
-                    ..opts.clone()
-                },
-                false,
-                &cancel,
-                &mut |_, _| {
-                    first.get_or_insert((cpu_secs(), Instant::now()));
-                    true
-                },
-            )
-            .unwrap();
-            let (c1, w1) = first.unwrap();
-            let p2: Vec<u32> = s.cached_tokens().to_vec();
-            let mut p2 = p2;
-            p2.push(13);
-            let (c2, w2) = (cpu_secs(), Instant::now());
-            s.generate_ids(&p2, &opts, false, &cancel, &mut |_, _| true)
-                .unwrap();
-            let (c3, w3) = (cpu_secs(), Instant::now());
-            eprintln!(
-                "{q}: prefill 300: cpu {:.0} ms wall {:.0} ms | decode 64: cpu {:.2} ms/token wall {:.2} ms/token ({:.1} tok/s wall)",
-                (c1 - c0) * 1e3,
-                (w1 - w0).as_secs_f64() * 1e3,
-                (c3 - c2) * 1e3 / 64.0,
-                (w3 - w2).as_secs_f64() * 1e3 / 64.0,
-                64.0 / (w3 - w2).as_secs_f64()
-            );
-        }
     }
 }

@@ -26,7 +26,7 @@
 //! | floor 768 | 5/71, 3/21 | 700-800 |
 //! | floor 512 | 5/71, 3/21 | 440-550 |
 //! | floor 448, no fallback | 5/71, 33/21 (loops) | 450-520 |
-//! | floor 384, no fallback | 5/71, 33/21 (loops) | |
+//! | floor 384, no fallback | 5/71, 33/21 (loops) | (not timed) |
 //! | floor 0 (tight), fallback | 13/71, 49/21 (loops) | up to 23 s |
 //!
 //! Windows below 512 make tiny.en's greedy decoding loop on short clips
@@ -36,6 +36,15 @@
 //! stays. From 512 up no loop was seen, with or without fallback, in any
 //! call order. Beam search (5) at 512 fixed two LibriVox errors but cost 40%
 //! more time and added two on the cards.
+//!
+//! Silence or noise alone comes out as "you" or "♪" (a known Whisper
+//! hallucination; whisper.cpp's no-speech probability does not catch it with
+//! `<|notimestamps|>`): feed Whisper speech segments from the VAD.
+//!
+//! Abort ([`DecodeOptions::abort`]) is checked by whisper.cpp after the
+//! encoder pass and after every decoder step, not inside the encoder graph:
+//! a set flag takes effect within one encoder pass (~0.25 s at the 512
+//! window, ~0.8 s for a 25 s utterance, 2 threads).
 pub mod ggml;
 pub mod mel;
 
@@ -202,6 +211,9 @@ impl WhisperModel {
         take_log_errors();
         let mut params = WhisperContextParameters::default();
         params.use_gpu(false);
+        // Flash attention measured no faster on CPU for tiny (1 thread:
+        // within +-8% at windows 512-1500); keep whisper-rs' default (off).
+        params.flash_attn(false);
         let ctx = WhisperContext::new_with_params(path_str, params).map_err(|e| {
             let detail = take_log_errors();
             if detail.is_empty() {

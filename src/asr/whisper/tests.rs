@@ -372,9 +372,14 @@ fn sweep_audio_ctx_settings() {
     }
 }
 
+/// What tiny.en makes of silence and faint noise (0.5-5 s). Measured: "you"
+/// for digital silence, "You" / "♪ ♪" for noise. whisper.cpp's no-speech
+/// probability is always ~0 in this mode (it reads it after
+/// `<|notimestamps|>`, OpenAI at `<|startoftranscript|>`), so it cannot
+/// filter these: gate Whisper with the VAD.
 #[test]
-#[ignore = "probe"]
-fn probe_silence() {
+#[ignore = "measurement: cargo test --release --lib silence_and_noise -- --ignored --nocapture"]
+fn silence_and_noise_outputs() {
     let model = WhisperModel::load(&ModelStore::from_env()).expect("model");
     let mut s = model.session().expect("session");
     let o = DecodeOptions {
@@ -450,5 +455,38 @@ fn sweep_long_audio_margin() {
             }
             eprintln!("{line}  total {}/{}", total.errors, total.words);
         }
+    }
+}
+
+/// Cost of the encoder pass alone (decoding capped at one token) by window
+/// size: the bound on abort latency. 1 thread: calling-thread CPU time;
+/// 2 threads: best wall time of 3.
+#[test]
+#[ignore = "measurement: cargo test --release --lib encoder_cost -- --ignored --nocapture"]
+fn encoder_cost_by_window() {
+    let model = WhisperModel::load(&ModelStore::from_env()).expect("model");
+    let mut session = model.session().expect("session");
+    let audio = test_clips().swap_remove(0).audio;
+    for floor in [512usize, 768, 1024, 1269, 1500] {
+        let one = DecodeOptions {
+            threads: 1,
+            audio_ctx_floor: floor,
+            max_tokens: Some(1),
+            temperature_fallback: false,
+            ..DecodeOptions::default()
+        };
+        session.transcribe(&audio, &one).expect("warm-up");
+        let c0 = thread_cpu_ms();
+        session.transcribe(&audio, &one).expect("1 thread");
+        let cpu1 = thread_cpu_ms() - c0;
+        let two = DecodeOptions { threads: 2, ..one };
+        let wall2 = (0..3)
+            .map(|_| {
+                let t0 = Instant::now();
+                session.transcribe(&audio, &two).expect("2 threads");
+                ms(t0.elapsed())
+            })
+            .fold(f64::INFINITY, f64::min);
+        eprintln!("window {floor:4}: 1 thread {cpu1:5.0} ms cpu, 2 threads {wall2:5.0} ms wall");
     }
 }

@@ -83,8 +83,8 @@ impl Config {
         };
         if cfg.n_head == 0
             || cfg.n_kv_head == 0
-            || cfg.n_head % cfg.n_kv_head != 0
-            || cfg.n_embd % cfg.n_head != 0
+            || !cfg.n_head.is_multiple_of(cfg.n_kv_head)
+            || !cfg.n_embd.is_multiple_of(cfg.n_head)
             || cfg.rope_dim != cfg.head_dim
         {
             bail!(
@@ -515,7 +515,7 @@ fn attention(
     unsafe impl Sync for Out {}
     let base = Out(out.as_mut_ptr());
     let base = &base;
-    candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+    super::pool::Pool::global().run(items, |range| {
         let o = unsafe {
             std::slice::from_raw_parts_mut(base.0.add(range.start * hd), range.len() * hd)
         };
