@@ -7,7 +7,6 @@ pub mod asr;
 pub mod audio;
 pub mod avatar;
 pub mod bench;
-pub mod bench_llm;
 pub mod graph;
 pub mod latency;
 pub mod llm;

@@ -109,6 +109,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Streaming speech recognition on the ten pocketsphinx-testdata clips
+    /// at real-time pace: first partial after speech start, final after
+    /// speech stop, WER, and the real-time factor on one core, against
+    /// whisper.cpp's full 30 s window.
+    Asr {
+        /// The ASR pipeline (it needs a `whisper` node).
+        #[arg(long, default_value = "pipelines/asr.toml")]
+        pipeline: PathBuf,
+    },
     /// The local LLM engine (time to first token cold and warm, decode
     /// tokens/s) against llama.cpp on the same GGUF, in the same run.
     /// llama.cpp comes from `scripts/llama-server-peer` (target/llama-venv).
@@ -116,7 +125,7 @@ enum BenchCommand {
         /// Engines to race, comma-separated: `<weights>[/candle][/parallel]`,
         /// weights one of auto, q8_0, q4_0, q4_1 (e.g. `auto,auto/parallel`).
         #[arg(long, value_delimiter = ',')]
-        engines: Vec<duplex::bench_llm::LocalEngine>,
+        engines: Vec<duplex::bench::llm::LocalEngine>,
         /// Approximate prompt length in tokens.
         #[arg(long, default_value_t = 300)]
         prompt_tokens: usize,
@@ -232,6 +241,12 @@ async fn dispatch(command: Command) -> Result<()> {
                 duplex::bench::print_graph(&ours, &peer);
                 Ok(())
             }
+            BenchCommand::Asr { pipeline } => {
+                let resources = Resources::new(ModelStore::from_env());
+                let report = duplex::bench::asr::run(&resources, &pipeline).await?;
+                duplex::bench::asr::print(&report);
+                Ok(())
+            }
             BenchCommand::Llm {
                 engines,
                 prompt_tokens,
@@ -239,7 +254,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 runs,
                 no_peer,
             } => {
-                let mut options = duplex::bench_llm::BenchOptions {
+                let mut options = duplex::bench::llm::BenchOptions {
                     prompt_tokens,
                     gen_tokens,
                     runs,
@@ -249,10 +264,10 @@ async fn dispatch(command: Command) -> Result<()> {
                 if !engines.is_empty() {
                     options.engines = engines;
                 }
-                let report = tokio::task::spawn_blocking(move || duplex::bench_llm::run(&options))
+                let report = tokio::task::spawn_blocking(move || duplex::bench::llm::run(&options))
                     .await
                     .context("LLM benchmark thread")??;
-                duplex::bench_llm::print(&report);
+                duplex::bench::llm::print(&report);
                 Ok(())
             }
         },

@@ -10,6 +10,12 @@
 //! final: on speech stop its abort flag is raised, it returns at once, and the
 //! final decode starts. Audio keeps flowing into the actor while a partial
 //! pass runs; its result is collected at the next frame.
+//!
+//! The final is decoded speculatively when the VAD reports a pause
+//! (`SpeechPaused`, 200 ms into the silence): if the VAD then stops the turn
+//! with the same end of speech, the transcript is ready (or nearly) when
+//! `speech_stopped` arrives, instead of a whole decode later. If the user
+//! speaks again, the speculation is dropped and partials go on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,6 +36,17 @@ const RECENT_MS: u64 = 2_000;
 
 type Pass = JoinHandle<(Box<dyn StreamingAsr>, Result<String>)>;
 
+/// What the pass in flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassKind {
+    Partial,
+    /// A final decoded early, valid while the end of speech stays at
+    /// `speech_end_ms`.
+    Speculative {
+        speech_end_ms: u64,
+    },
+}
+
 struct Utterance {
     item_id: String,
     /// Sample index where the utterance starts (the VAD's audio_start_ms).
@@ -39,15 +56,24 @@ struct Utterance {
     /// Clock (samples) when the last partial pass started.
     last_pass: Option<u64>,
     agreement: LocalAgreement,
-    /// Set when the VAD says speech stopped: (audio_end sample, speech_end_ms).
-    stop_at: Option<u64>,
+    /// Set when the VAD says speech stopped: the audio_end sample and the
+    /// speech_end_ms it reported.
+    stop_at: Option<(u64, u64)>,
+    /// Set when the VAD reports a pause: the sample the pause was seen at
+    /// and the end of speech (ms); the speculative final starts once the
+    /// audio up to that sample is in.
+    pause_at: Option<(u64, u64)>,
+    /// A speculative final that finished: (speech_end_ms, transcript).
+    speculation: Option<(u64, String)>,
 }
 
 pub struct AsrActor {
     /// The engine, or `None` while a pass has it on the blocking pool.
     engine: Option<Box<dyn StreamingAsr>>,
     abort: Arc<AtomicBool>,
-    pass: Option<Pass>,
+    pass: Option<(PassKind, Pass)>,
+    /// When the pass in flight started, and the utterance audio it covers (ms).
+    pass_started: (Instant, u64),
     partial_interval: u64,
     /// Samples received so far (the session clock at 16 kHz).
     clock: u64,
@@ -72,6 +98,7 @@ impl AsrActor {
             abort: engine.abort_flag(),
             engine: Some(engine),
             pass: None,
+            pass_started: (Instant::now(), 0),
             partial_interval: samples(partial_interval_ms),
             clock: 0,
             recent: VecDeque::new(),
@@ -112,6 +139,8 @@ impl AsrActor {
             last_pass: None,
             agreement: LocalAgreement::new(),
             stop_at: None,
+            pause_at: None,
+            speculation: None,
         });
     }
 
@@ -130,13 +159,13 @@ impl AsrActor {
     /// Collects the partial pass in flight: if it has finished, or always
     /// when `wait` is set.
     async fn collect(&mut self, wait: bool, ctx: &Ctx) -> Result<()> {
-        let Some(pass) = &self.pass else {
+        let Some((_, pass)) = &self.pass else {
             return Ok(());
         };
         if !wait && !pass.is_finished() {
             return Ok(());
         }
-        let pass = self.pass.take().context("no pass in flight")?;
+        let (kind, pass) = self.pass.take().context("no pass in flight")?;
         let (engine, result) = pass.await.context("ASR pass task failed")?;
         self.engine = Some(engine);
         let aborted = self.abort.load(Ordering::SeqCst);
@@ -148,6 +177,17 @@ impl AsrActor {
         let Some(u) = &mut self.utterance else {
             return Ok(());
         };
+        tracing::debug!(
+            item_id = %u.item_id,
+            ?kind,
+            audio_ms = self.pass_started.1,
+            pass_ms = self.pass_started.0.elapsed().as_millis() as u64,
+            text = %text,
+            "ASR pass"
+        );
+        if let PassKind::Speculative { speech_end_ms } = kind {
+            u.speculation = Some((speech_end_ms, text.clone()));
+        }
         let fresh = u.agreement.update(&text);
         if fresh.is_empty() {
             return Ok(());
@@ -181,6 +221,10 @@ impl AsrActor {
         if u.stop_at.is_some() || self.pass.is_some() {
             return;
         }
+        if u.pause_at.is_some() {
+            // Silence since the pause: wait for the speculative final.
+            return;
+        }
         if u.last_pass
             .is_some_and(|at| self.clock < at + self.partial_interval)
         {
@@ -190,45 +234,103 @@ impl AsrActor {
             return;
         };
         u.last_pass = Some(self.clock);
+        self.pass_started = (Instant::now(), ms(self.clock.saturating_sub(u.start)));
         let audio = std::mem::take(&mut u.unsent);
         arm(&self.abort);
-        self.pass = Some(tokio::task::spawn_blocking(move || {
+        let pass = tokio::task::spawn_blocking(move || {
             let result = engine.partial(&audio);
             (engine, result)
-        }));
+        });
+        self.pass = Some((PassKind::Partial, pass));
+    }
+
+    /// Starts the speculative final once the audio up to the pause is in,
+    /// stopping a partial pass in flight first.
+    async fn maybe_speculate(&mut self, ctx: &Ctx) -> Result<()> {
+        let Some((at, speech_end_ms)) = self.utterance.as_ref().and_then(|u| u.pause_at) else {
+            return Ok(());
+        };
+        let stopped = self.utterance.as_ref().is_some_and(|u| u.stop_at.is_some());
+        if self.clock < at || stopped {
+            return Ok(());
+        }
+        if matches!(self.pass, Some((PassKind::Partial, _))) {
+            self.abort.store(true, Ordering::SeqCst);
+            self.collect(true, ctx).await?;
+        }
+        let Some(mut engine) = self.engine.take() else {
+            return Ok(());
+        };
+        let u = self.utterance.as_mut().context("no utterance")?;
+        u.pause_at = None;
+        self.pass_started = (Instant::now(), ms(self.clock.saturating_sub(u.start)));
+        let audio = std::mem::take(&mut u.unsent);
+        arm(&self.abort);
+        let pass = tokio::task::spawn_blocking(move || {
+            let result = engine.speculate(&audio);
+            (engine, result)
+        });
+        self.pass = Some((PassKind::Speculative { speech_end_ms }, pass));
+        Ok(())
     }
 
     /// Finishes the utterance if speech has stopped and its audio is in.
     async fn maybe_finalize(&mut self, at_end: bool, ctx: &Ctx) -> Result<()> {
-        let ready = match &self.utterance {
-            Some(u) => at_end || u.stop_at.is_some_and(|end| self.clock >= end),
-            None => false,
+        let (ready, stopped_speech_end) = match &self.utterance {
+            Some(u) => (
+                at_end || u.stop_at.is_some_and(|(end, _)| self.clock >= end),
+                u.stop_at.map(|(_, speech_end)| speech_end),
+            ),
+            None => (false, None),
         };
         if !ready {
             return Ok(());
         }
-        // Never wait behind a partial pass: stop it, then decode the final.
-        self.abort.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        // A speculative final for this very end of speech is the answer
+        // (wait for it if it is still running); anything else in flight is
+        // stopped, never waited for.
+        let speculating_here = matches!(
+            self.pass,
+            Some((PassKind::Speculative { speech_end_ms }, _)) if Some(speech_end_ms) == stopped_speech_end
+        );
+        if !speculating_here {
+            self.abort.store(true, Ordering::SeqCst);
+        }
         self.collect(true, ctx).await?;
         let mut u = self.utterance.take().context("no utterance")?;
         let mut engine = self
             .engine
             .take()
             .context("ASR engine lost after an earlier failure")?;
-        let audio = std::mem::take(&mut u.unsent);
-        arm(&self.abort);
-        let started = Instant::now();
-        let (engine, result) = tokio::task::spawn_blocking(move || {
-            let result = engine.finalize(&audio);
-            (engine, result)
-        })
-        .await
-        .context("ASR final task failed")?;
-        self.engine = Some(engine);
-        let transcript = result.context("final transcription failed")?;
+        let speculation = u
+            .speculation
+            .take()
+            .filter(|(speech_end, _)| Some(*speech_end) == stopped_speech_end);
+        let (transcript, speculated) = match speculation {
+            Some((_, text)) => {
+                // The audio after the pause is the silence that ended the turn.
+                engine.reset();
+                self.engine = Some(engine);
+                (text, true)
+            }
+            None => {
+                let audio = std::mem::take(&mut u.unsent);
+                arm(&self.abort);
+                let (engine, result) = tokio::task::spawn_blocking(move || {
+                    let result = engine.finalize(&audio);
+                    (engine, result)
+                })
+                .await
+                .context("ASR final task failed")?;
+                self.engine = Some(engine);
+                (result.context("final transcription failed")?, false)
+            }
+        };
         tracing::debug!(
             item_id = %u.item_id,
-            decode_ms = started.elapsed().as_millis() as u64,
+            wait_ms = started.elapsed().as_millis() as u64,
+            speculated,
             "final transcript"
         );
         ctx.events().emit(
@@ -271,6 +373,7 @@ impl Actor for AsrActor {
         self.take_audio(&chunk.samples);
         self.collect(false, ctx).await?;
         self.maybe_finalize(false, ctx).await?;
+        self.maybe_speculate(ctx).await?;
         self.maybe_start_partial();
         Ok(())
     }
@@ -288,9 +391,23 @@ impl Actor for AsrActor {
                 self.start_utterance(item_id.clone(), *audio_start_ms);
                 self.maybe_start_partial();
             }
-            SystemKind::SpeechStopped { audio_end_ms, .. } => {
+            SystemKind::SpeechPaused {
+                audio_end_ms,
+                speech_end_ms,
+                ..
+            } => {
                 if let Some(u) = &mut self.utterance {
-                    u.stop_at = Some(samples(*audio_end_ms));
+                    u.pause_at = Some((samples(*audio_end_ms), *speech_end_ms));
+                }
+                self.maybe_speculate(ctx).await?;
+            }
+            SystemKind::SpeechStopped {
+                audio_end_ms,
+                speech_end_ms,
+                ..
+            } => {
+                if let Some(u) = &mut self.utterance {
+                    u.stop_at = Some((samples(*audio_end_ms), *speech_end_ms));
                 }
                 self.maybe_finalize(false, ctx).await?;
             }
@@ -303,5 +420,122 @@ impl Actor for AsrActor {
         self.maybe_finalize(true, ctx).await?;
         self.abort.store(true, Ordering::SeqCst);
         self.collect(true, ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::asr::{Redecode, UtteranceRecognizer};
+    use crate::graph::actor::{SessionLink, mailbox};
+    use crate::graph::{AudioChunk, EventSink};
+
+    /// Names the audio it was given: "<samples> final" or "<samples>", and
+    /// logs each call's (samples, final_pass).
+    struct Counting(Arc<Mutex<Vec<(usize, bool)>>>);
+
+    impl UtteranceRecognizer for Counting {
+        fn transcribe(
+            &mut self,
+            audio: &[f32],
+            final_pass: bool,
+            _: &Arc<AtomicBool>,
+        ) -> Result<String> {
+            self.0.lock().unwrap().push((audio.len(), final_pass));
+            Ok(format!(
+                "{}{}",
+                audio.len(),
+                if final_pass { " final" } else { "" }
+            ))
+        }
+    }
+
+    const SAMPLES_PER_MS: usize = 16;
+
+    /// Drives one utterance: speech from 0, a pause reported at 1000 ms
+    /// (speech ended at 800), the stop at 1500 ms with `stop_speech_end`.
+    /// Returns the final transcript and the recognizer's calls.
+    async fn utterance(stop_speech_end: u64) -> (String, Vec<(usize, bool)>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let engine = Redecode::new(Counting(calls.clone()));
+        let mut actor = AsrActor::new(Box::new(engine), 300).unwrap();
+        let (events, mut rx) = EventSink::new();
+        let (out, _inbox) = mailbox();
+        let ctx = Ctx::new("asr", vec![out], events, SessionLink::new());
+        let link = SessionLink::new();
+        let system = |t_ms, kind| link.frame(t_ms, kind);
+        let item_id = "item_1".to_string();
+        actor
+            .on_system(
+                &system(
+                    0,
+                    SystemKind::SpeechStarted {
+                        item_id: item_id.clone(),
+                        audio_start_ms: 0,
+                    },
+                ),
+                &ctx,
+            )
+            .await
+            .unwrap();
+        for t in (0..1500).step_by(20) {
+            if t == 1000 {
+                let kind = SystemKind::SpeechPaused {
+                    item_id: item_id.clone(),
+                    audio_end_ms: 1000,
+                    speech_end_ms: 800,
+                };
+                actor.on_system(&system(t, kind), &ctx).await.unwrap();
+            }
+            let chunk = AudioChunk::new(vec![0.1; 20 * SAMPLES_PER_MS], ASR_RATE);
+            actor
+                .on_data(DataFrame::audio(t, INPUT, chunk), &ctx)
+                .await
+                .unwrap();
+            // Let a pass on the blocking pool finish, as real time would.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let kind = SystemKind::SpeechStopped {
+            item_id,
+            audio_end_ms: 1500,
+            speech_end_ms: stop_speech_end,
+        };
+        actor.on_system(&system(1500, kind), &ctx).await.unwrap();
+        let mut transcript = None;
+        while let Ok(event) = rx.try_recv() {
+            if event["type"] == "conversation.item.input_audio_transcription.completed" {
+                transcript = event["transcript"].as_str().map(String::from);
+            }
+        }
+        let calls = calls.lock().unwrap().clone();
+        (transcript.expect("a final transcript"), calls)
+    }
+
+    #[tokio::test]
+    async fn a_pause_that_ends_the_turn_makes_the_final_ready_early() {
+        let (transcript, calls) = utterance(800).await;
+        let finals: Vec<_> = calls.iter().filter(|(_, f)| *f).collect();
+        assert_eq!(
+            finals.len(),
+            1,
+            "one final-quality decode, at the pause: {calls:?}"
+        );
+        // It covered the audio up to the pause (1000 ms), not the silence after.
+        assert_eq!(transcript, format!("{} final", 1000 * SAMPLES_PER_MS));
+        assert!(
+            calls.iter().any(|(_, f)| !f),
+            "partials ran before the pause"
+        );
+    }
+
+    #[tokio::test]
+    async fn speech_after_the_pause_discards_the_speculation() {
+        // The turn ended later than the paused speech: decode it all again.
+        let (transcript, calls) = utterance(1200).await;
+        let finals: Vec<_> = calls.iter().filter(|(_, f)| *f).collect();
+        assert_eq!(finals.len(), 2, "speculative + real final: {calls:?}");
+        assert_eq!(transcript, format!("{} final", 1500 * SAMPLES_PER_MS));
     }
 }

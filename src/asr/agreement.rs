@@ -4,6 +4,13 @@
 //! A word is committed when two consecutive passes agree on it (after the
 //! words already committed), and a committed word is never retracted: the
 //! committed list only ever grows.
+//!
+//! Passes re-decode the whole utterance, so a later pass may insert, drop
+//! or change a word before the end of what is committed ("and Mr. Dashwood"
+//! becomes "and Mr. John Dashwood"). Each pass is therefore aligned to the
+//! committed words (the prefix of the pass closest to them by word edit
+//! distance), and only what follows that prefix competes for commitment:
+//! no word is committed twice.
 
 /// Committed words of the current utterance and the previous pass.
 #[derive(Debug, Default, Clone)]
@@ -12,12 +19,10 @@ pub struct LocalAgreement {
     previous: Option<Vec<String>>,
 }
 
-/// Compares words as a listener would: case and punctuation do not matter.
+/// Compares words as a listener would: case, punctuation and how numbers
+/// are written do not matter ("Eight" = "8").
 fn key(word: &str) -> String {
-    word.chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
+    crate::asr::wer::normalize(word).concat()
 }
 
 impl LocalAgreement {
@@ -29,11 +34,10 @@ impl LocalAgreement {
     /// returns the words it newly commits (possibly none).
     pub fn update(&mut self, hypothesis: &str) -> Vec<String> {
         let words: Vec<String> = hypothesis.split_whitespace().map(String::from).collect();
-        let done = self.committed.len();
         let mut fresh = Vec::new();
         if let Some(previous) = &self.previous {
-            let tail_now = words.iter().skip(done);
-            let tail_before = previous.iter().skip(done);
+            let tail_now = words.iter().skip(aligned_end(&self.committed, &words));
+            let tail_before = previous.iter().skip(aligned_end(&self.committed, previous));
             for (now, before) in tail_now.zip(tail_before) {
                 if key(now).is_empty() || key(now) != key(before) {
                     break;
@@ -52,6 +56,29 @@ impl LocalAgreement {
     }
 }
 
+/// How many leading words of `words` correspond to `committed`: the prefix
+/// length with the smallest word edit distance to `committed` (ties: the
+/// shorter, so that a pass that dropped a committed word does not lose the
+/// word after it).
+fn aligned_end(committed: &[String], words: &[String]) -> usize {
+    if committed.is_empty() {
+        return 0;
+    }
+    let keys: Vec<String> = words.iter().map(|w| key(w)).collect();
+    // row[k]: edit distance between committed[..i] and words[..k].
+    let mut row: Vec<usize> = (0..=words.len()).collect();
+    for (i, c) in committed.iter().enumerate() {
+        let c = key(c);
+        let mut next = vec![i + 1; words.len() + 1];
+        for k in 1..=words.len() {
+            let substitute = row[k - 1] + usize::from(keys[k - 1] != c);
+            next[k] = substitute.min(row[k] + 1).min(next[k - 1] + 1);
+        }
+        row = next;
+    }
+    (0..=words.len()).min_by_key(|&k| (row[k], k)).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +93,62 @@ mod tests {
         assert!(a.update("and mister john dashwood").is_empty());
         assert_eq!(a.update("and mister john dashwood had"), ["dashwood"]);
         assert_eq!(a.committed(), ["and", "Mister", "john", "dashwood"]);
+    }
+
+    #[test]
+    fn a_word_inserted_before_the_end_is_not_committed_twice() {
+        // Seen on LibriVox 0870: a later pass inserts "John".
+        let mut a = LocalAgreement::new();
+        a.update("and Mr. Dashwood had then leisure to consider how.");
+        a.update("and Mr. Dashwood had then leisure to consider how much");
+        assert_eq!(a.committed().len(), 9);
+        assert_eq!(
+            a.update("And Mr. John Dashwood had then leisure to consider how much there"),
+            ["much"]
+        );
+        assert_eq!(
+            a.update("And Mr. John Dashwood had then leisure to consider how much there might"),
+            ["there"]
+        );
+    }
+
+    #[test]
+    fn a_misheard_committed_word_does_not_swallow_the_next() {
+        // Seen on LibriVox 0890: "as" committed where the speaker said
+        // "selfish"; the words after it are neither skipped nor doubled.
+        let mut a = LocalAgreement::new();
+        a.update("unless to be rather cold and rather as soon");
+        a.update("unless to be rather cold and rather as self");
+        assert_eq!(
+            a.committed().join(" "),
+            "unless to be rather cold and rather as"
+        );
+        a.update("unless to be rather cold and rather selfish is to");
+        assert_eq!(
+            a.update("unless to be rather cold and rather selfish is to be"),
+            ["selfish", "is", "to"]
+        );
+    }
+
+    #[test]
+    fn a_pass_that_drops_a_committed_word_keeps_the_next_one() {
+        // Seen on LibriVox 0870: "and" committed, then passes say "Mr. John".
+        let mut a = LocalAgreement::new();
+        a.update("and");
+        assert_eq!(a.update("and Mr."), ["and"]);
+        assert_eq!(a.update("Mr. John."), ["Mr."]);
+        assert_eq!(a.update("Mr. John Dagg"), ["John"]);
+        assert_eq!(a.committed(), ["and", "Mr.", "John"]);
+    }
+
+    #[test]
+    fn numbers_agree_however_they_are_written() {
+        let mut a = LocalAgreement::new();
+        a.update("Eight of");
+        assert_eq!(a.update("8th space"), Vec::<String>::new());
+        let mut a = LocalAgreement::new();
+        a.update("Eight of");
+        assert_eq!(a.update("8 of spades"), ["8", "of"]);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub trait StreamingAsr: Send + 'static {
     /// utterance; the next call starts a new utterance.
     fn finalize(&mut self, new_audio: &[f32]) -> Result<String>;
 
+    /// Adds `new_audio` and returns what [`finalize`](Self::finalize) would
+    /// if the utterance ended here, without ending it (the user paused; the
+    /// turn may be over). Stops early when the abort flag is raised.
+    fn speculate(&mut self, new_audio: &[f32]) -> Result<String>;
+
     /// Forgets the current utterance.
     fn reset(&mut self);
 
@@ -81,6 +86,11 @@ impl<R: UtteranceRecognizer> StreamingAsr for Redecode<R> {
         let result = self.recognizer.transcribe(&self.audio, true, &self.abort);
         self.audio.clear();
         result
+    }
+
+    fn speculate(&mut self, new_audio: &[f32]) -> Result<String> {
+        self.audio.extend_from_slice(new_audio);
+        self.recognizer.transcribe(&self.audio, true, &self.abort)
     }
 
     fn reset(&mut self) {

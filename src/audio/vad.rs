@@ -163,8 +163,14 @@ pub struct VadActor {
     disabled: bool,
     /// Sample where the current run of silence began, while speaking.
     silence_from: Option<u64>,
+    /// `SpeechPaused` was raised for the current run of silence.
+    paused: bool,
     segments: u64,
 }
+
+/// Silence after which the VAD raises `SpeechPaused`, so the recognizer can
+/// start the final early (when `silence_duration_ms` leaves room for it).
+pub const PAUSE_HINT_MS: u64 = 200;
 
 impl VadActor {
     pub fn new(
@@ -186,6 +192,7 @@ impl VadActor {
             speaking: false,
             disabled: false,
             silence_from: None,
+            paused: false,
             segments: 0,
         })
     }
@@ -240,10 +247,22 @@ impl VadActor {
         }
         if p >= self.params.threshold {
             self.silence_from = None;
+            self.paused = false;
         } else if p < self.params.threshold - 0.15 {
             let from = *self.silence_from.get_or_insert(chunk_start);
-            if ms(chunk_end - from) >= self.params.silence_duration_ms {
+            let silent_ms = ms(chunk_end - from);
+            if silent_ms >= self.params.silence_duration_ms {
                 self.stop(ms(from), ms(chunk_end), ctx);
+            } else if silent_ms >= PAUSE_HINT_MS && !self.paused {
+                self.paused = true;
+                ctx.raise(
+                    ms(chunk_end),
+                    SystemKind::SpeechPaused {
+                        item_id: self.item_id(),
+                        audio_end_ms: ms(chunk_end),
+                        speech_end_ms: ms(from),
+                    },
+                );
             }
         }
     }
@@ -251,6 +270,7 @@ impl VadActor {
     fn stop(&mut self, speech_end_ms: u64, audio_end_ms: u64, ctx: &Ctx) {
         self.speaking = false;
         self.silence_from = None;
+        self.paused = false;
         let silence = std::time::Duration::from_millis(audio_end_ms - speech_end_ms);
         self.latency.start(&self.item_id(), silence);
         ctx.events().emit(

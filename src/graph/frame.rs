@@ -54,6 +54,15 @@ pub enum SystemKind {
         audio_end_ms: u64,
         speech_end_ms: u64,
     },
+    /// The user has been silent for a moment but the turn is not over yet
+    /// (`speech_end_ms`: when voice last was heard; `audio_end_ms`: now). A
+    /// hint: a recognizer may start its final decode early, to have it ready
+    /// if `SpeechStopped` follows with the same `speech_end_ms`.
+    SpeechPaused {
+        item_id: String,
+        audio_end_ms: u64,
+        speech_end_ms: u64,
+    },
     /// The user barged in: every response up to and including `response_id`
     /// is dead. Queued frames of dead responses are flushed everywhere.
     Interrupt { response_id: ResponseId },

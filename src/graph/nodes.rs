@@ -309,10 +309,14 @@ impl UtteranceRecognizer for WhisperRecognizer {
         final_pass: bool,
         abort: &Arc<AtomicBool>,
     ) -> Result<String> {
+        if !final_pass {
+            return self
+                .session
+                .transcribe_partial(audio, self.threads, Some(abort.clone()));
+        }
         let options = DecodeOptions {
             threads: self.threads,
-            beam: if final_pass { self.final_beam } else { None },
-            temperature_fallback: final_pass,
+            beam: self.final_beam,
             abort: Some(abort.clone()),
             ..DecodeOptions::default()
         };

@@ -128,18 +128,7 @@ pub fn install(
     let selected = select(manifest, selection)?;
     let mut report = InstallReport::default();
     for pkg in selected {
-        let reason = match store.check_installed(pkg).and_then(|stamp| {
-            // A stamp from before the package had a conversion lacks its
-            // outputs: install again so the conversion runs.
-            match pkg
-                .installed_files()
-                .into_iter()
-                .find(|rel| !stamp.files.contains_key(*rel))
-            {
-                Some(rel) => Err(format!("{rel} was not installed")),
-                None => Ok(stamp),
-            }
-        }) {
+        let reason = match store.check_installed(pkg) {
             Ok(_) if !force => {
                 progress(InstallEvent::AlreadyInstalled {
                     id: pkg.id.clone(),

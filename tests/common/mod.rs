@@ -58,29 +58,16 @@ pub fn energy_speech_span(pcm: &Pcm) -> (u64, u64) {
 
 pub const CARDS: &str = "/usr/share/pocketsphinx/test/data/cards";
 
-/// Reads a pocketsphinx transcription file: `<s> words </s> (id)` per line.
-fn read_transcriptions(path: &str) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    text.lines()
-        .filter_map(|line| {
-            let (words, id) = line.rsplit_once('(')?;
-            let id = id.trim().trim_end_matches(')').to_string();
-            let words = words.replace("<s>", "").replace("</s>", "");
-            Some((id, words.split_whitespace().collect::<Vec<_>>().join(" ")))
-        })
-        .collect()
-}
-
 /// The ten real test utterances with their reference transcripts: the five
 /// LibriVox clips and the five cards clips of pocketsphinx-testdata.
 pub fn speech_with_transcripts() -> Vec<(PathBuf, String)> {
-    let mut all = Vec::new();
-    for (dir, file) in [(LIBRIVOX, "transcription"), (CARDS, "cards.transcription")] {
-        for (id, words) in read_transcriptions(&format!("{dir}/{file}")) {
-            let path = PathBuf::from(dir).join(format!("{id}.wav"));
-            assert!(path.is_file(), "{} is missing", path.display());
-            all.push((path, words));
-        }
+    let all: Vec<(PathBuf, String)> = duplex::bench::asr::reference_clips()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.path, c.transcript))
+        .collect();
+    for (path, _) in &all {
+        assert!(path.is_file(), "{} is missing", path.display());
     }
     assert_eq!(all.len(), 10, "expected 10 transcribed clips");
     all

@@ -79,6 +79,13 @@ pub const MAX_AUDIO_CTX: usize = 1500;
 /// Default [`DecodeOptions::audio_ctx_floor`].
 pub const DEFAULT_AUDIO_CTX_FLOOR: usize = 512;
 
+/// The encoder floor of partial passes: ~3x cheaper than
+/// [`DEFAULT_AUDIO_CTX_FLOOR`] on the first seconds of an utterance (about
+/// 80 vs 250 ms per pass, 2 threads). Small windows make greedy decoding
+/// loop more often; [`WhisperSession::transcribe_partial`] cuts loops off
+/// ([`cut_runaway`]).
+pub const PARTIAL_AUDIO_CTX_FLOOR: usize = 128;
+
 /// Encoder positions added after the end of the audio (0.64 s of the
 /// silence whisper.cpp pads with), so the model sees the utterance end.
 pub const AUDIO_CTX_MARGIN: usize = 32;
@@ -362,6 +369,61 @@ impl WhisperSession {
         drop(abort);
         Ok(text.trim().to_string())
     }
+}
+
+impl WhisperSession {
+    /// A fast hypothesis for a partial pass: greedy, no temperature
+    /// fallback, at [`PARTIAL_AUDIO_CTX_FLOOR`], with a decoding loop cut
+    /// off ([`cut_runaway`]): a loop starts with a sound hypothesis, and the
+    /// caller's agreement step filters what is still unstable.
+    pub fn transcribe_partial(
+        &mut self,
+        audio_16k: &[f32],
+        threads: usize,
+        abort: Option<Arc<AtomicBool>>,
+    ) -> Result<String> {
+        let fast = DecodeOptions {
+            threads,
+            audio_ctx_floor: PARTIAL_AUDIO_CTX_FLOOR,
+            temperature_fallback: false,
+            abort,
+            ..DecodeOptions::default()
+        };
+        let text = self.transcribe(audio_16k, &fast)?;
+        Ok(cut_runaway(&text, audio_16k.len()))
+    }
+}
+
+/// `text` up to where it stops looking like speech of `samples` samples: a
+/// run of 1-8 words said three times in a row is cut after its first
+/// occurrence, and no more words are kept than anyone says in that time
+/// (5 per second, plus 3).
+pub fn cut_runaway(text: &str, samples: usize) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let keys: Vec<String> = words
+        .iter()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .flat_map(char::to_lowercase)
+                .collect()
+        })
+        .collect();
+    let seconds = samples as f64 / SAMPLE_RATE as f64;
+    let mut keep = words.len().min((5.0 * seconds + 3.0) as usize);
+    'scan: for start in 0..keep {
+        for n in 1..=8 {
+            let Some(w) = keys.get(start..start + 3 * n) else {
+                break;
+            };
+            if w[..n] == w[n..2 * n] && w[n..2 * n] == w[2 * n..] && w.iter().any(|k| !k.is_empty())
+            {
+                keep = start + n;
+                break 'scan;
+            }
+        }
+    }
+    words[..keep].join(" ")
 }
 
 // ---------------------------------------------------------------------------

@@ -467,7 +467,7 @@ fn encoder_cost_by_window() {
     let model = WhisperModel::load(&ModelStore::from_env()).expect("model");
     let mut session = model.session().expect("session");
     let audio = test_clips().swap_remove(0).audio;
-    for floor in [512usize, 768, 1024, 1269, 1500] {
+    for floor in [192usize, 256, 384, 512, 768, 1500] {
         let one = DecodeOptions {
             threads: 1,
             audio_ctx_floor: floor,
@@ -488,5 +488,75 @@ fn encoder_cost_by_window() {
             })
             .fold(f64::INFINITY, f64::min);
         eprintln!("window {floor:4}: 1 thread {cpu1:5.0} ms cpu, 2 threads {wall2:5.0} ms wall");
+    }
+}
+
+/// Partial passes on growing prefixes of each clip: text and wall time by
+/// encoder floor (what a cheaper partial pass would give).
+#[test]
+#[ignore = "measurement: cargo test --release --lib partial_prefixes -- --ignored --nocapture"]
+fn partial_prefixes_by_floor() {
+    let model = WhisperModel::load(&ModelStore::from_env()).expect("model");
+    let mut session = model.session().expect("session");
+    for clip in test_clips().into_iter().take(6) {
+        eprintln!("== {}: {}", clip.set, clip.reference);
+        for floor in [128usize, 256, 512] {
+            let mut line = format!("floor {floor:3}:");
+            let mut total = 0.0;
+            for ms_len in (300..=2400).step_by(300) {
+                let n = (ms_len * 16).min(clip.audio.len());
+                let o = DecodeOptions {
+                    threads: 2,
+                    audio_ctx_floor: floor,
+                    temperature_fallback: false,
+                    ..DecodeOptions::default()
+                };
+                let t0 = Instant::now();
+                let text = session.transcribe(&clip.audio[..n], &o).expect("pass");
+                total += ms(t0.elapsed());
+                line += &format!(" | {text}");
+            }
+            eprintln!("{line}\n    total {total:.0} ms for 8 passes");
+        }
+    }
+}
+
+#[test]
+fn decoding_loops_are_cut_after_their_first_round() {
+    let second = SAMPLE_RATE as usize;
+    let cut = |text: &str, seconds: usize| cut_runaway(text, seconds * second);
+    assert_eq!(
+        cut("He was not. He was not. He was not. He was not. He", 2),
+        "He was not."
+    );
+    assert_eq!(
+        cut(
+            "He was not an old sp- he was not an old sp- he was not an old sp- sp- sp- sp-",
+            3
+        ),
+        "He was not an old sp-"
+    );
+    assert_eq!(cut("10 of clubs clubs clubs clubs", 2), "10 of clubs");
+    assert_eq!(cut(&"word ".repeat(5), 1), "word", "a repeated single word");
+    assert_eq!(
+        cut(
+            "one two three four five six seven eight nine ten eleven twelve thirteen",
+            1
+        ),
+        "one two three four five six seven eight",
+        "no faster than 5 words a second (+3)"
+    );
+    // Ordinary speech, a word said twice, and punctuation only are kept.
+    for text in [
+        "ten of clubs",
+        "no no, not that one",
+        "He was not. He was not an ill-disposed young man.",
+        "... ... ...",
+        "",
+    ] {
+        assert_eq!(
+            cut(text, 3),
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
 }

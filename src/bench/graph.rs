@@ -1,7 +1,4 @@
-//! `duplex bench`: benchmarks that print medians and ratios against a peer
-//! measured in the same run.
-//!
-//! `graph`: frames per second through a chain of five pass-through actors and
+//! `duplex bench graph`: frames per second through a chain of five pass-through actors and
 //! per-hop latency (median, p99), against the same chain built from bare
 //! tokio channels and tasks (the floor any actor runtime pays).
 

@@ -1,0 +1,22 @@
+//! `duplex bench`: benchmarks that print medians and ratios against a peer
+//! measured in the same run, one module each.
+//!
+//! - [`graph`]: the actor runtime against bare tokio channels;
+//! - [`asr`]: streaming Whisper (first partial, final after end of speech,
+//!   real-time factor) against whisper.cpp's full 30 s window;
+//! - [`llm`]: the local LLM engine against llama.cpp on the same GGUF.
+
+pub mod asr;
+pub mod graph;
+pub mod llm;
+
+pub use graph::{ChainResult, graph, print_graph};
+
+/// The median of `values` (sorted in place); 0 when empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
