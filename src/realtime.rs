@@ -44,6 +44,17 @@ pub fn assistant_item(item_id: &str, status: &str, modalities: &[String], text: 
     })
 }
 
+/// Token counts of a response, for its `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    /// The whole prompt.
+    pub input: usize,
+    /// Prompt tokens served from the KV cache of earlier turns (not
+    /// computed again).
+    pub cached: usize,
+    pub output: usize,
+}
+
 /// A response object for `response.created` / `response.done`.
 /// `status_details` is e.g. `{"type": "cancelled", "reason": "turn_detected"}`.
 pub fn response_object(
@@ -52,15 +63,20 @@ pub fn response_object(
     status_details: Value,
     output: Vec<Value>,
     modalities: &[String],
-    usage: Option<(usize, usize)>,
+    usage: Option<TokenCounts>,
 ) -> Value {
     let usage = match usage {
-        Some((input, output)) => json!({
-            "total_tokens": input + output,
-            "input_tokens": input,
-            "output_tokens": output,
-            "input_token_details": {"text_tokens": input, "audio_tokens": 0, "cached_tokens": 0},
-            "output_token_details": {"text_tokens": output, "audio_tokens": 0},
+        Some(t) => json!({
+            "total_tokens": t.input + t.output,
+            "input_tokens": t.input,
+            "output_tokens": t.output,
+            "input_token_details": {
+                "text_tokens": t.input,
+                "audio_tokens": 0,
+                "cached_tokens": t.cached,
+                "cached_tokens_details": {"text_tokens": t.cached, "audio_tokens": 0},
+            },
+            "output_token_details": {"text_tokens": t.output, "audio_tokens": 0},
         }),
         None => Value::Null,
     };

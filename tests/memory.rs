@@ -6,13 +6,16 @@
 //! Run with `cargo test --release --test memory -- --nocapture` to see the
 //! measured numbers and the prompt lines.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use duplex::models::ModelStore;
 use duplex::orchestrator::embed::{Embedder, cosine};
 use duplex::orchestrator::memory::{Memory, MemoryStore, Modality, format_for_prompt};
+
+use common::TempDir;
 
 /// One embedder for all tests (loading takes a fraction of a second, but
 /// tests run in parallel and share it as the server does).
@@ -25,30 +28,6 @@ fn embedder() -> Arc<Embedder> {
         )
     })
     .clone()
-}
-
-/// A temp folder removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "duplex-memory-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const T0: i64 = 1_760_000_000_000;

@@ -169,6 +169,9 @@ pub enum Control {
     Truncate { item_id: String, audio_end_ms: u64 },
     /// conversation.item.delete.
     Delete { item_id: String },
+    /// conversation.item.retrieve: the item as the conversation holds it
+    /// (an interrupted answer: only what the user heard).
+    Retrieve { item_id: String },
     /// response.create, with per-response overrides.
     CreateResponse {
         instructions: Option<String>,
@@ -195,8 +198,7 @@ pub struct ResponseSummary {
     pub transcript: String,
     /// `["audio"]` or `["text"]`.
     pub modalities: Vec<String>,
-    pub input_tokens: usize,
-    pub output_tokens: usize,
+    pub tokens: crate::realtime::TokenCounts,
 }
 
 /// Mono f32 samples at `sample_rate`; shared, so fan-out does not copy.

@@ -42,6 +42,10 @@ use crate::realtime::{self, SessionSettings};
 
 pub const DEFAULT_INSTRUCTIONS: &str = "You are a friendly voice assistant. Answer in one or two short spoken sentences. No lists, no markdown.";
 
+/// Recalled memories scoring under this fraction of the best one are left
+/// out of the prompt.
+const RECALL_RELATIVE_FLOOR: f32 = 0.6;
+
 /// Listener sounds that neither interrupt the bot nor become a turn.
 const BACKCHANNELS: &[&str] = &[
     "mhm", "mm", "mmm", "hmm", "hm", "uh", "huh", "uhhuh", "um", "ah", "oh", "yeah", "yep", "yes",
@@ -86,6 +90,12 @@ pub struct ControllerParams {
     /// How many memories to recall per turn.
     #[serde(default = "default_recall_k")]
     pub recall_k: usize,
+    /// Most user turns kept in the prompt (all when absent); older ones are
+    /// dropped in blocks (see `Conversation::with_window`). With memory on,
+    /// a small model answers better from a short window plus recall than
+    /// from a long history.
+    #[serde(default)]
+    pub history_turns: Option<usize>,
 }
 
 fn default_instructions() -> String {
@@ -133,7 +143,11 @@ impl ControllerParams {
 /// What a finished generation hands back (no engine if it crashed).
 struct Generated {
     llm: Option<Box<dyn Llm>>,
+    /// Everything the model generated.
     text: String,
+    /// What was sent to the client as text deltas (all of `text` unless the
+    /// response was stopped).
+    sent: String,
     usage: Result<Usage>,
 }
 
@@ -211,7 +225,8 @@ impl Controller {
     ) -> Result<Controller> {
         params.validate()?;
         Ok(Controller {
-            conversation: Conversation::new(params.instructions.clone()),
+            conversation: Conversation::new(params.instructions.clone())
+                .with_window(params.history_turns),
             params,
             llm: Some(llm),
             memory: memory.map(|m| Arc::new(Mutex::new(m))),
@@ -260,15 +275,20 @@ impl Controller {
         self.llm = generated.llm;
         let usage = generated.usage;
         let cut = active.cancelled.is_some() || std::mem::take(&mut self.truncate_on_settle);
-        let text = if cut && self.speaks() {
-            self.heard.heard_text(active.response_id)
-        } else {
-            generated.text.clone()
+        // Cut short, the answer keeps what reached the user: the words
+        // played, or for a text answer the text sent.
+        let text = match (cut, self.speaks()) {
+            (true, true) => self.heard.heard_text(active.response_id),
+            (true, false) => generated.sent.clone(),
+            (false, _) => generated.text.clone(),
         };
         self.conversation
             .push(&active.item_id, Role::Assistant, &generated.text, None);
         if cut {
             self.conversation.truncate(&active.item_id, &text)?;
+            if active.cancelled.is_some() {
+                self.conversation.mark_incomplete(&active.item_id);
+            }
         }
         if !text.trim().is_empty() {
             self.remember(Modality::Assistant, &text).await?;
@@ -398,6 +418,35 @@ impl Controller {
             }
             None => None,
         };
+        // Of the top k, only those close to the best match: weaker ones are
+        // noise a small model copies from.
+        let recalled = recalled.map(|mut found| {
+            // The same words said before tell nothing new ("what is my
+            // name?" asked in an earlier session).
+            let asked = crate::asr::wer::normalize(text);
+            found.retain(|r| crate::asr::wer::normalize(&r.item.text) != asked);
+            let best = found.first().map_or(0.0, |r| r.score);
+            found.retain(|r| r.score >= RECALL_RELATIVE_FLOOR * best);
+            found
+        });
+        if let Some(found) = &recalled {
+            let items: Vec<Value> = found
+                .iter()
+                .map(|r| {
+                    json!({
+                        "text": r.item.text,
+                        "modality": r.item.modality.as_str(),
+                        "at_unix_ms": r.item.at_unix_ms,
+                        "score": r.score,
+                    })
+                })
+                .collect();
+            ctx.events().emit(
+                "duplex.memory.recalled",
+                0,
+                json!({"item_id": item_id, "items": items}),
+            );
+        }
         let best = recalled.as_ref().and_then(|r| r.first().map(|x| x.score));
         let decision = router::route(text, best, false, &self.tools);
         ctx.events().emit(
@@ -410,8 +459,10 @@ impl Controller {
             && let Some(found) = &recalled
             && !found.is_empty()
         {
+            // This framing made SmolLM2-135M use the memory; "Earlier in
+            // our conversations: ..." before the bare question did not.
             context = format!(
-                "Earlier in our conversations:\n{}\n\n",
+                "Context from memory:\n{}\nQuestion: ",
                 format_for_prompt(found, now_unix_ms())
             );
         }
@@ -573,6 +624,30 @@ impl Controller {
                         "item_not_found",
                         &format!("conversation.item.delete: no item `{item_id}`"),
                     );
+                }
+            }
+            Control::Retrieve { item_id } => {
+                // A stopped or finished answer is filed first, so the item
+                // shows what the user heard; one still generating is not
+                // waited for.
+                if self
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.cancelled.is_some() || a.task.is_finished())
+                {
+                    self.settle(ctx).await?;
+                }
+                match self.conversation.get(item_id) {
+                    Some(item) => events.emit(
+                        "conversation.item.retrieved",
+                        t_ms,
+                        json!({"item": item.to_realtime(&self.params.modalities)}),
+                    ),
+                    None => events.error(
+                        t_ms,
+                        "item_not_found",
+                        &format!("conversation.item.retrieve: no item `{item_id}`"),
+                    ),
                 }
             }
             Control::CreateResponse {
@@ -757,12 +832,21 @@ async fn generate(job: GenerateJob) -> Generated {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let flag = cancel.clone();
     let blocking = tokio::task::spawn_blocking(move || {
-        let mut on_text = |piece: &str| tx.send(piece.to_string()).is_ok();
+        // Pieces the engine produced after the cancel flag was raised (the
+        // engine promises at most one).
+        let mut after_cancel = 0usize;
+        let mut on_text = |piece: &str| {
+            if flag.load(Ordering::SeqCst) {
+                after_cancel += 1;
+            }
+            tx.send(piece.to_string()).is_ok()
+        };
         let usage = llm.generate(&messages, &options, &flag, &mut on_text);
-        (llm, usage)
+        (llm, usage, after_cancel)
     });
     let mut chunker = ClauseChunker::new(chunker);
     let mut text = String::new();
+    let mut sent = String::new();
     let delta_event = if audio {
         "response.output_audio_transcript.delta"
     } else {
@@ -788,9 +872,10 @@ async fn generate(job: GenerateJob) -> Generated {
             latency.mark(Stage::LlmFirstToken);
         }
         text.push_str(&piece);
-        if ctx.is_dead(response_id) {
+        if ctx.is_dead(response_id) || cancel.load(Ordering::SeqCst) {
             continue;
         }
+        sent.push_str(&piece);
         ctx.events().emit(
             delta_event,
             0,
@@ -804,7 +889,23 @@ async fn generate(job: GenerateJob) -> Generated {
         }
     }
     let (llm, usage) = match blocking.await {
-        Ok((llm, usage)) => (Some(llm), usage),
+        Ok((llm, usage, after_cancel)) => {
+            if cancel.load(Ordering::SeqCst)
+                && let Ok(u) = &usage
+            {
+                ctx.events().emit(
+                    "duplex.llm.stopped",
+                    0,
+                    json!({
+                        "response_id": rid,
+                        "output_tokens": u.output_tokens,
+                        "pieces_after_cancel": after_cancel,
+                        "sent_text": sent.trim(),
+                    }),
+                );
+            }
+            (Some(llm), usage)
+        }
         // The engine panicked: it cannot be used again.
         Err(e) => (None, Err(anyhow::anyhow!("the LLM crashed: {e}"))),
     };
@@ -813,10 +914,14 @@ async fn generate(job: GenerateJob) -> Generated {
             latency.mark(Stage::FirstClause);
             send_clause(rest).await;
         }
-        let (input_tokens, output_tokens) = usage
+        let tokens = usage
             .as_ref()
-            .map(|u| (u.input_tokens, u.output_tokens))
-            .unwrap_or((0, 0));
+            .map(|u| realtime::TokenCounts {
+                input: u.input_tokens,
+                cached: u.input_tokens.saturating_sub(u.prefilled_tokens),
+                output: u.output_tokens,
+            })
+            .unwrap_or_default();
         ctx.send(DataFrame {
             t_ms: 0,
             response_id,
@@ -825,8 +930,7 @@ async fn generate(job: GenerateJob) -> Generated {
                 item_id,
                 transcript: text.trim().to_string(),
                 modalities,
-                input_tokens,
-                output_tokens,
+                tokens,
             })),
         })
         .await;
@@ -834,6 +938,7 @@ async fn generate(job: GenerateJob) -> Generated {
     Generated {
         llm,
         text: text.trim().to_string(),
+        sent: sent.trim().to_string(),
         usage,
     }
 }

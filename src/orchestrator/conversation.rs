@@ -23,10 +23,41 @@ pub struct Item {
     pub truncated: bool,
 }
 
+impl Item {
+    /// The item as a Realtime API `realtime.item` (assistant content as
+    /// `output_audio` transcript or `output_text` by `modalities`).
+    pub fn to_realtime(&self, modalities: &[String]) -> serde_json::Value {
+        match self.role {
+            Role::Assistant => crate::realtime::assistant_item(
+                &self.id,
+                if self.truncated {
+                    "incomplete"
+                } else {
+                    "completed"
+                },
+                modalities,
+                &self.text,
+            ),
+            role => serde_json::json!({
+                "id": self.id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": role,
+                "content": [{"type": "input_text", "text": self.text}],
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Conversation {
     pub instructions: String,
     items: Vec<Item>,
+    /// Most user turns the prompt holds (`None`: all).
+    window: Option<usize>,
+    /// Index of the first item in the prompt.
+    prompt_start: usize,
 }
 
 impl Conversation {
@@ -34,6 +65,30 @@ impl Conversation {
         Conversation {
             instructions: instructions.into(),
             items: Vec::new(),
+            window: None,
+            prompt_start: 0,
+        }
+    }
+
+    /// Keeps at most `turns` user turns (and what followed them) in the
+    /// prompt. Beyond that the oldest half is dropped at once, so the KV
+    /// cache is rebuilt once every `turns / 2` turns rather than every turn;
+    /// older turns stay in the conversation (and in memory, for recall).
+    pub fn with_window(mut self, turns: Option<usize>) -> Self {
+        self.window = turns.map(|t| t.max(1));
+        self
+    }
+
+    fn slide_window(&mut self) {
+        let Some(window) = self.window else {
+            return;
+        };
+        let users: Vec<usize> = (self.prompt_start..self.items.len())
+            .filter(|&i| self.items[i].role == Role::User)
+            .collect();
+        if users.len() > window {
+            let drop = window.div_ceil(2).max(users.len() - window);
+            self.prompt_start = users[drop.min(users.len() - 1)];
         }
     }
 
@@ -54,6 +109,9 @@ impl Conversation {
             prompt,
             truncated: false,
         });
+        if role == Role::User {
+            self.slide_window();
+        }
     }
 
     /// Keeps only `heard` of an assistant item's text (what was played to
@@ -72,19 +130,32 @@ impl Conversation {
         Ok(())
     }
 
+    /// Marks an assistant item as cut short (its response was stopped),
+    /// even if what was kept is all it said.
+    pub fn mark_incomplete(&mut self, id: &str) {
+        if let Some(item) = self.items.iter_mut().find(|i| i.id == id) {
+            item.truncated = true;
+        }
+    }
+
     pub fn delete(&mut self, id: &str) -> Result<Item> {
         match self.items.iter().position(|i| i.id == id) {
-            Some(at) => Ok(self.items.remove(at)),
+            Some(at) => {
+                if at < self.prompt_start {
+                    self.prompt_start -= 1;
+                }
+                Ok(self.items.remove(at))
+            }
             None => bail!("no conversation item `{id}`"),
         }
     }
 
-    /// The messages for the LLM: the instructions, then every item that has
-    /// text (an assistant answer interrupted before any word was heard is
-    /// left out).
+    /// The messages for the LLM: the instructions, then every item in the
+    /// window that has text (an assistant answer interrupted before any word
+    /// was heard is left out).
     pub fn messages(&self) -> Vec<ChatMessage> {
         let mut messages = vec![ChatMessage::new(Role::System, self.instructions.clone())];
-        for item in &self.items {
+        for item in self.items.iter().skip(self.prompt_start) {
             let content = item.prompt.as_deref().unwrap_or(&item.text);
             if !content.trim().is_empty() {
                 messages.push(ChatMessage::new(item.role, content));
@@ -108,6 +179,49 @@ mod tests {
         assert_eq!(m[0], ChatMessage::new(Role::System, "Be brief."));
         assert_eq!(m[1].content, "[memory: none]\nhi");
         assert_eq!(m[2].content, "Hello there, how can I help?");
+    }
+
+    #[test]
+    fn the_window_drops_the_oldest_half_at_once() {
+        let mut c = Conversation::new("sys").with_window(Some(4));
+        let users_in_prompt = |c: &Conversation| -> Vec<String> {
+            c.messages()
+                .iter()
+                .filter(|m| m.role == Role::User)
+                .map(|m| m.content.clone())
+                .collect()
+        };
+        for turn in 1..=4 {
+            c.push(&format!("u{turn}"), Role::User, &format!("q{turn}"), None);
+            c.push(
+                &format!("a{turn}"),
+                Role::Assistant,
+                &format!("r{turn}"),
+                None,
+            );
+        }
+        assert_eq!(users_in_prompt(&c), ["q1", "q2", "q3", "q4"]);
+        c.push("u5", Role::User, "q5", None);
+        assert_eq!(users_in_prompt(&c), ["q3", "q4", "q5"]);
+        assert_eq!(c.messages()[1].content, "q3", "starts at a user turn");
+        c.push("a5", Role::Assistant, "r5", None);
+        c.push("u6", Role::User, "q6", None);
+        assert_eq!(
+            users_in_prompt(&c),
+            ["q3", "q4", "q5", "q6"],
+            "stable for a turn"
+        );
+        c.delete("u1").unwrap();
+        assert_eq!(
+            users_in_prompt(&c),
+            ["q3", "q4", "q5", "q6"],
+            "deleting before the window"
+        );
+        assert_eq!(
+            c.items().len(),
+            10,
+            "every other item is kept in the conversation"
+        );
     }
 
     #[test]

@@ -495,12 +495,8 @@ async fn handle(
         ClientEvent::ConversationItemDelete { item_id, .. } => {
             control(input, now, Control::Delete { item_id }).await;
         }
-        ClientEvent::ConversationItemRetrieve { event_id, item_id } => {
-            return Err(ProtocolError::new(
-                "not_supported",
-                format!("conversation.item.retrieve of `{item_id}` is not supported; items arrive in conversation.item.done"),
-            )
-            .with_event_id(event_id));
+        ClientEvent::ConversationItemRetrieve { item_id, .. } => {
+            control(input, now, Control::Retrieve { item_id }).await;
         }
         ClientEvent::ResponseCreate { response: r, .. } => {
             control(

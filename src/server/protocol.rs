@@ -3575,7 +3575,11 @@ mod tests {
                 "Hi",
             )],
             &["text".to_string()],
-            Some((3, 4)),
+            Some(crate::realtime::TokenCounts {
+                input: 3,
+                cached: 0,
+                output: 4,
+            }),
         );
         let mut e = ev(json!({"type": "response.done", "response": response}));
         let ga = e.clone();

@@ -314,7 +314,7 @@ impl OutputActor {
                 Value::Null,
                 vec![item],
                 &s.modalities,
-                Some((s.input_tokens, s.output_tokens)),
+                Some(s.tokens),
             )}),
         );
     }
