@@ -20,6 +20,21 @@ const stats = {
   truncations: [],
   errors: [],
   events: {},
+  // What the player worklet last reported: ms played (all items), ms
+  // buffered, the RMS of what it played, and whether it is held.
+  player: { playedMs: 0, bufferedMs: 0, playedRms: 0, paused: false, positions: {} },
+  // Speech onsets heard in the microphone, on the page's clocks:
+  // {ctxTime (s, AudioContext clock), detectedCtx (when the detector was
+  // sure), at (performance.now() ms of ctxTime)}.
+  onsets: [],
+  // Each time the user talked over the answer: when their speech began
+  // (onsetCtx), when the player fell silent (stopCtx), stopMs between the
+  // two (negative when the server's VAD held the audio before the page's
+  // own onset detector fired), when the server's speech_started arrived,
+  // and the outcome (cancelled and flushed, or resumed).
+  bargeIns: [],
+  // The audio clock (s) when each answer's audio began to play.
+  soundStartCtx: {},
 };
 window.duplexStats = stats;
 
@@ -30,7 +45,19 @@ let muted = false;
 let talking = false; // push-to-talk button held
 let positions = {}; // item id -> ms played
 let playingItem = null; // assistant item whose audio is queued
-let paused = false;
+let paused = false; // the player is held (a possible barge-in)
+let bargeIn = null; // the open stats.bargeIns entry
+let gateTimer = null; // releases a hold the server did not confirm
+let videoErrors = 0;
+let truncateOnFlush = null; // {itemId, flush}: sent when the player confirms
+const finishedItems = new Set(); // answers the server has played out (response.done)
+// A hold of the player by a speech onset is released if the server's VAD has
+// not heard speech by then (a cough, a door).
+const GATE_CONFIRM_MS = 1000;
+// Which speech onset stopped the answer: one at most this long before the
+// stop, or (when the server's VAD was first) this long after it.
+const ONSET_BEFORE_STOP_S = 1.5;
+const ONSET_AFTER_STOP_S = 0.5;
 const avatarQueue = []; // frames waiting for their audio to play
 const items = new Map(); // item id -> <li>
 
@@ -105,19 +132,36 @@ async function startAudio() {
       },
     });
   } catch (e) {
-    throw new Error(`microphone permission denied or no microphone (${e.name})`);
+    const why =
+      e.name === "NotAllowedError"
+        ? "microphone permission denied: allow the microphone for this page"
+        : e.name === "NotFoundError" || e.name === "OverconstrainedError"
+          ? "no microphone found"
+          : e.name === "NotReadableError"
+            ? "the microphone is in use by another program"
+            : `cannot open the microphone (${e.name}: ${e.message})`;
+    const err = new Error(why);
+    err.microphone = true;
+    throw err;
   }
   const ctx = new AudioContext();
-  await ctx.audioWorklet.addModule("/mic-worklet.js");
+  try {
+    await ctx.audioWorklet.addModule("/mic-worklet.js");
+  } catch (e) {
+    stream.getTracks().forEach((t) => t.stop());
+    ctx.close();
+    throw e;
+  }
   const source = ctx.createMediaStreamSource(stream);
   const mic = new AudioWorkletNode(ctx, "mic-capture");
   const player = new AudioWorkletNode(ctx, "player", { outputChannelCount: [1] });
   source.connect(mic);
   player.connect(ctx.destination);
-  mic.port.onmessage = (e) => onMicChunk(e.data);
+  mic.port.onmessage = (e) => onMicMessage(e.data);
   player.port.onmessage = (e) => onPlayerReport(e.data);
   if (ctx.state === "suspended") await ctx.resume();
   audio = { ctx, mic, player, stream, source };
+  mic.port.postMessage({ type: "gate", on: !$("ptt-mode").checked });
   await listDevices();
 }
 
@@ -126,6 +170,26 @@ function stopAudio() {
   audio.stream.getTracks().forEach((t) => t.stop());
   audio.ctx.close();
   audio = null;
+}
+
+// performance.now() of an AudioContext time, from the context's own mapping.
+function ctxToPerf(ctxTime) {
+  if (!audio) return null;
+  const ts = audio.ctx.getOutputTimestamp();
+  return ts.performanceTime + (ctxTime - ts.contextTime) * 1000;
+}
+
+function onMicMessage(m) {
+  if (m instanceof ArrayBuffer) onMicChunk(m);
+  else if (m.type === "onset") {
+    stats.onsets.push({ ctxTime: m.time, detectedCtx: m.detectedAt, at: ctxToPerf(m.time) });
+    if (stats.onsets.length > 50) stats.onsets.shift();
+    // The server's VAD can hear speech before this detector does: a hold
+    // that came first takes the onset that follows it closely.
+    if (bargeIn && bargeIn.onsetCtx === null && m.time - (bargeIn.stopCtx ?? m.time) <= ONSET_AFTER_STOP_S) {
+      setOnset(bargeIn, m.time);
+    }
+  }
 }
 
 function onMicChunk(buffer) {
@@ -140,9 +204,100 @@ function onMicChunk(buffer) {
   stats.micChunksSent++;
 }
 
-function onPlayerReport(report) {
-  positions = report.positions;
+function onPlayerReport(m) {
+  if (m.type === "sound") {
+    stats.soundStartCtx[m.itemId] = m.time;
+    return;
+  }
+  if (m.type === "gated") {
+    // A speech onset held the answer's audio, in the worklet itself.
+    openBargeIn(m.onset);
+    bargeIn.gatedCtx = m.time;
+    paused = true;
+    clearTimeout(gateTimer);
+    gateTimer = setTimeout(() => {
+      if (bargeIn && !bargeIn.speechStartedAt && paused) resumePlayback("no speech heard by the server");
+    }, GATE_CONFIRM_MS);
+    return;
+  }
+  if (m.type === "stopped") {
+    if (!bargeIn && (m.cause === "pause" || m.cause === "gate")) openBargeIn(lastOnsetBefore(m.time));
+    if (bargeIn && bargeIn.stopCtx === undefined) {
+      bargeIn.stopCtx = m.time;
+      bargeIn.stopAt = ctxToPerf(m.time);
+      bargeIn.stopCause = m.cause;
+      bargeIn.playedMsAtStop = m.positions[bargeIn.itemId] || 0;
+      setOnset(bargeIn, bargeIn.onsetCtx);
+    }
+    return;
+  }
+  positions = m.positions;
+  if (m.flushed && truncateOnFlush) {
+    // The player's own count at the flush: exactly what the person heard.
+    const { itemId, flush } = truncateOnFlush;
+    truncateOnFlush = null;
+    const heardMs = positions[itemId] || 0;
+    send({ type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: heardMs });
+    stats.truncations.push({ itemId, heardMs });
+    flush.heardMs = heardMs;
+  }
+  stats.player = {
+    playedMs: m.playedMs,
+    bufferedMs: m.bufferedMs,
+    playedRms: m.playedRms,
+    paused: m.paused,
+    positions: m.positions,
+  };
   drawDueAvatarFrames();
+}
+
+/// The onset of the speech that stopped the answer at `ctxTime`: the latest
+/// one shortly before it, if any.
+function lastOnsetBefore(ctxTime) {
+  const before = stats.onsets.filter((o) => o.ctxTime <= ctxTime && o.ctxTime >= ctxTime - ONSET_BEFORE_STOP_S);
+  return before.length ? before[before.length - 1].ctxTime : null;
+}
+
+function setOnset(b, onsetCtx) {
+  b.onsetCtx = onsetCtx;
+  b.onsetAt = onsetCtx === null ? null : ctxToPerf(onsetCtx);
+  if (onsetCtx !== null && b.stopCtx !== undefined) b.stopMs = Math.round((b.stopCtx - onsetCtx) * 10000) / 10;
+  if (b.onsetAt !== null && b.speechStartedAt) b.speechStartedAfterOnsetMs = Math.round(b.speechStartedAt - b.onsetAt);
+}
+
+function openBargeIn(onsetCtx) {
+  if (bargeIn) return bargeIn;
+  bargeIn = { itemId: playingItem };
+  setOnset(bargeIn, onsetCtx);
+  stats.bargeIns.push(bargeIn);
+  return bargeIn;
+}
+
+function closeBargeIn(outcome) {
+  if (!bargeIn) return;
+  bargeIn.outcome = outcome;
+  bargeIn.closedAt = performance.now();
+  bargeIn = null;
+  clearTimeout(gateTimer);
+}
+
+/// The player is busy with the answer: audio queued, or held.
+function playerBusy() {
+  return !!playingItem && (stats.player.bufferedMs > 0 || paused || stats.player.paused);
+}
+
+function pausePlayback() {
+  if (!audio) return;
+  audio.player.port.postMessage({ type: "pause" });
+  paused = true;
+  stats.pauses = (stats.pauses || 0) + 1;
+}
+
+function resumePlayback(why) {
+  if (audio) audio.player.port.postMessage({ type: "resume" });
+  paused = false;
+  if (bargeIn) bargeIn.resumedBecause = why;
+  closeBargeIn("resumed");
 }
 
 function play(itemId, b64) {
@@ -158,11 +313,16 @@ function play(itemId, b64) {
 function flushPlayback(reason) {
   if (!audio || !playingItem) return;
   const itemId = playingItem;
+  const busy = playerBusy();
   audio.player.port.postMessage({ type: "flush" });
-  const heardMs = positions[itemId] || 0;
-  stats.flushes.push({ itemId, heardMs, reason, at: performance.now() });
-  send({ type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: heardMs });
-  stats.truncations.push({ itemId, heardMs });
+  paused = false;
+  const flush = { itemId, reason, at: performance.now() };
+  stats.flushes.push(flush);
+  // Only what was really played stays in the conversation: the truncate
+  // goes out when the player reports its position at the flush.
+  if (busy) truncateOnFlush = { itemId, flush };
+  if (bargeIn) bargeIn.flushedAt = flush.at;
+  closeBargeIn(reason);
   playingItem = null;
   avatarQueue.length = 0;
 }
@@ -244,7 +404,8 @@ async function setCamera(on) {
     canvas.toBlob(async (blob) => {
       if (!blob) return;
       const b64 = toBase64(await blob.arrayBuffer());
-      send({ type: "duplex.input_video.append", image: b64, format: "jpeg" });
+      stats.videoFramesSent = (stats.videoFramesSent || 0) + 1;
+      send({ type: "duplex.input_video.append", event_id: `video_${stats.videoFramesSent}`, image: b64, format: "jpeg" });
     }, "image/jpeg", 0.7);
   }, 1000);
   camera = { stream, timer };
@@ -252,28 +413,35 @@ async function setCamera(on) {
 
 // ---- latency --------------------------------------------------------------
 
+// Every turn's bars share one time scale, so turns compare at a glance.
 function showWaterfall(e) {
   const stages = e.since_speech_end || {};
   stats.waterfalls.push(stages);
-  const total = Math.max(1, ...Object.values(stages));
-  const li = document.createElement("li");
-  const label = document.createElement("span");
-  label.textContent = `${stages.first_audio_out_ms ?? total} ms`;
-  const bars = document.createElement("div");
-  bars.className = "bars";
-  let previous = 0;
-  for (const [name, ms] of Object.entries(stages).sort((a, b) => a[1] - b[1])) {
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.dataset.stage = name.replace(/_ms$/, "");
-    bar.style.left = `${(previous / total) * 100}%`;
-    bar.style.width = `${Math.max(1, ((ms - previous) / total) * 100)}%`;
-    bar.title = `${name.replace(/_ms$/, "").replaceAll("_", " ")}: ${ms} ms`;
-    bars.appendChild(bar);
-    previous = ms;
+  const shown = stats.waterfalls.slice(-8).reverse(); // newest first
+  const scale = Math.max(1, ...shown.flatMap((s) => Object.values(s)));
+  const list = $("waterfall");
+  list.replaceChildren();
+  for (const turn of shown) {
+    const total = Math.max(0, ...Object.values(turn));
+    const li = document.createElement("li");
+    const label = document.createElement("span");
+    label.textContent = `${turn.first_audio_out_ms ?? total} ms`;
+    const bars = document.createElement("div");
+    bars.className = "bars";
+    let previous = 0;
+    for (const [name, ms] of Object.entries(turn).sort((a, b) => a[1] - b[1])) {
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      bar.dataset.stage = name.replace(/_ms$/, "");
+      bar.style.left = `${(previous / scale) * 100}%`;
+      bar.style.width = `max(2px, ${((ms - previous) / scale) * 100}%)`;
+      bar.title = `${name.replace(/_ms$/, "").replaceAll("_", " ")}: ${ms} ms (+${ms - previous})`;
+      bars.appendChild(bar);
+      previous = ms;
+    }
+    li.append(label, bars);
+    list.appendChild(li);
   }
-  li.append(label, bars);
-  $("waterfall").prepend(li);
 }
 
 // ---- events ---------------------------------------------------------------
@@ -288,10 +456,17 @@ function onEvent(e) {
       break;
     case "input_audio_buffer.speech_started":
       setStatus("hearing you");
-      if (playingItem && audio) {
-        audio.player.port.postMessage({ type: "pause" });
-        paused = true;
-        stats.pauses = (stats.pauses || 0) + 1;
+      if (playerBusy()) {
+        // The user talks over the answer: hold it (if the onset gate has not
+        // already) until the server decides: cancel, or only a "mhm".
+        if (!paused) pausePlayback();
+        const b = openBargeIn(lastOnsetBefore(audio ? audio.ctx.currentTime : 0));
+        b.speechStartedAt = performance.now();
+        setOnset(b, b.onsetCtx);
+        clearTimeout(gateTimer);
+        // Over the last words the server has already played out: it will
+        // not cancel them, the user simply has the turn.
+        if (finishedItems.has(playingItem)) flushPlayback("spoke over the end");
       }
       line(e.item_id, "user");
       break;
@@ -304,6 +479,13 @@ function onEvent(e) {
       break;
     }
     case "conversation.item.input_audio_transcription.completed":
+      if (!(e.transcript || "").trim()) {
+        // Not words after all (a cough): no empty bubble.
+        const li = items.get(e.item_id);
+        if (li) li.remove();
+        items.delete(e.item_id);
+        break;
+      }
       setText(line(e.item_id, "user"), e.transcript, false);
       stats.userTranscripts.push(e.transcript);
       break;
@@ -313,6 +495,10 @@ function onEvent(e) {
       setText(li, (li.firstChild.textContent || "") + e.delta, false);
       break;
     }
+    case "response.created":
+      // A new answer: anything still held of an earlier one is over.
+      if (paused) flushPlayback("new response");
+      break;
     case "response.output_audio.delta":
       setStatus("speaking");
       play(e.item_id, e.delta);
@@ -323,23 +509,31 @@ function onEvent(e) {
       if (r.status === "cancelled" && item) {
         const li = line(item.id, "assistant");
         const heard = ((item.content || [])[0] || {}).transcript || "";
+        if (bargeIn) {
+          bargeIn.textBeforeCut = li.firstChild.textContent;
+          bargeIn.textAfterCut = heard;
+        }
         setText(li, heard, false);
         const cut = document.createElement("span");
         cut.className = "cut";
         cut.textContent = "(interrupted)";
         li.appendChild(cut);
+        if (bargeIn) bargeIn.cancelled = true;
         flushPlayback("barge-in");
       } else if (item) {
+        finishedItems.add(item.id);
         const text = ((item.content || [])[0] || {}).transcript;
         if (text) stats.assistantTranscripts.push(text);
+        // The user spoke over the last words (too late to cancel them): they
+        // have the turn now.
+        if (paused) flushPlayback("spoke over the end");
       }
       setStatus("listening");
       break;
     }
     case "duplex.backchannel":
       // Only a "mhm": go on where we stopped.
-      if (paused && audio) audio.player.port.postMessage({ type: "resume" });
-      paused = false;
+      if (paused) resumePlayback("backchannel");
       break;
     case "duplex.avatar.frame":
       onAvatarFrame(e);
@@ -347,23 +541,44 @@ function onEvent(e) {
     case "duplex.turn.latency":
       showWaterfall(e);
       break;
-    case "error":
-      showError(`server: ${(e.error && e.error.message) || "error"}`);
+    case "error": {
+      const err = e.error || {};
+      if (String(err.event_id || "").startsWith("video_")) {
+        // This server does not take camera frames: stop sending them.
+        if (videoErrors++ === 0) {
+          setCamera(false);
+          $("camera").checked = false;
+          showError("this server does not take camera frames; the camera is off");
+        }
+        break;
+      }
+      showError(`server: ${err.message || "error"}`);
       break;
+    }
   }
 }
 
 // ---- connection -----------------------------------------------------------
 
+let connecting = false;
+
 async function connect() {
+  if (connecting) return;
   clearError();
   const key = $("key").value.trim();
   localStorage.setItem("duplex.key", key);
+  connecting = true;
+  setStatus("connecting");
   try {
     await startAudio();
   } catch (e) {
-    showError(e.message);
+    setStatus("disconnected");
+    if (e.microphone) showError(e.message);
+    else if (!(await serverIsUp())) showError(`cannot reach the server at ${location.host}: is duplex serve running?`);
+    else showError(`cannot start audio: ${e.message}`);
     return;
+  } finally {
+    connecting = false;
   }
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/realtime?model=duplex`;
   const protocols = ["realtime"];
@@ -385,17 +600,37 @@ async function connect() {
       showError(`bad event from the server: ${err.message}`);
     }
   };
-  ws.onclose = (c) => {
-    if (!opened) {
-      showError("could not connect: the server is unreachable, or it refused the API key");
-    } else if (c.code !== 1000) {
-      showError(`the server closed the session (${c.code}${c.reason ? `: ${c.reason}` : ""})`);
-    }
+  ws.onclose = async (c) => {
     disconnect();
+    const up = await serverIsUp();
+    if (!opened) {
+      if (!up) showError(`cannot reach the server at ${location.host}: is duplex serve running?`);
+      else if (key) showError("the server refused the connection: the API key is wrong (or the server is full)");
+      else showError("the server refused the connection: it needs an API key (enter it above)");
+    } else if (c.code !== 1000) {
+      const why = c.reason ? `: ${c.reason}` : "";
+      if (!up) showError(`lost the connection: the server at ${location.host} is down (${c.code}${why})`);
+      else showError(`the server closed the session (${c.code}${why})`);
+    }
   };
 }
 
+/// Whether the server answers at all (to tell "down" from "refused").
+async function serverIsUp() {
+  try {
+    const r = await fetch("/healthz", { cache: "no-store", signal: AbortSignal.timeout(3000) });
+    return r.ok;
+  } catch {
+    return false;
+  }
+}
+
 function disconnect() {
+  clearTimeout(gateTimer);
+  bargeIn = null;
+  paused = false;
+  playingItem = null;
+  truncateOnFlush = null;
   if (ws) {
     ws.onclose = null;
     ws.close(1000);
@@ -428,6 +663,8 @@ function configureTurns() {
     },
   });
   $("talk").disabled = !ptt || !ws;
+  // In push-to-talk mode the button, not the voice, takes the turn.
+  if (audio) audio.mic.port.postMessage({ type: "gate", on: !ptt });
 }
 
 $("connect").onclick = () => (ws ? disconnect() : connect());
