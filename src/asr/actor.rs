@@ -12,7 +12,7 @@
 //! pass runs; its result is collected at the next frame.
 //!
 //! The final is decoded speculatively when the VAD reports a pause
-//! (`SpeechPaused`, 200 ms into the silence): if the VAD then stops the turn
+//! (`SpeechPaused`, 150 ms into the silence): if the VAD then stops the turn
 //! with the same end of speech, the transcript is ready (or nearly) when
 //! `speech_stopped` arrives, instead of a whole decode later. If the user
 //! speaks again, the speculation is dropped and partials go on.

@@ -170,7 +170,7 @@ pub struct VadActor {
 
 /// Silence after which the VAD raises `SpeechPaused`, so the recognizer can
 /// start the final early (when `silence_duration_ms` leaves room for it).
-pub const PAUSE_HINT_MS: u64 = 200;
+pub const PAUSE_HINT_MS: u64 = 150;
 
 impl VadActor {
     pub fn new(
