@@ -347,6 +347,12 @@ impl WhisperSession {
         }
 
         take_log_errors();
+        // Decodes of all sessions take turns for the cores: oversubscribed,
+        // whisper.cpp's spinning worker threads slow every decode down many
+        // times over.
+        let Some(_turn) = DECODE_GATE.enter(opts.threads.max(1), &aborted) else {
+            return Err(Aborted.into());
+        };
         let result = self.state.full(params, audio);
         if aborted() {
             return Err(Aborted.into());
@@ -424,6 +430,55 @@ pub fn cut_runaway(text: &str, samples: usize) -> String {
         }
     }
     words[..keep].join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// Sharing the cores between sessions
+
+/// Admits whisper.cpp decodes while the threads they use fit the machine's
+/// cores (one decode always runs, whatever its thread count).
+struct DecodeGate {
+    busy: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+static DECODE_GATE: DecodeGate = DecodeGate {
+    busy: std::sync::Mutex::new(0),
+    freed: std::sync::Condvar::new(),
+};
+
+/// A decode's place in the gate; leaving it frees its threads.
+struct Turn {
+    threads: usize,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut busy = DECODE_GATE.busy.lock().unwrap_or_else(|e| e.into_inner());
+        *busy = busy.saturating_sub(self.threads);
+        DECODE_GATE.freed.notify_all();
+    }
+}
+
+impl DecodeGate {
+    /// Waits until `threads` more threads fit, or returns `None` as soon as
+    /// `aborted` says so (checked every 10 ms while waiting).
+    fn enter(&self, threads: usize, aborted: &dyn Fn() -> bool) -> Option<Turn> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy > 0 && *busy + threads > cores {
+            if aborted() {
+                return None;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, std::time::Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *busy += threads;
+        Some(Turn { threads })
+    }
 }
 
 // ---------------------------------------------------------------------------
