@@ -281,3 +281,76 @@ async fn a_cancelled_answer_stops_within_a_token_and_keeps_only_what_was_sent() 
         "prefilled {new_tokens} of {input} prompt tokens"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_function_is_called_and_its_result_answers_the_user() {
+    let dir = TempDir::new("dialogue-tools");
+    let mut dialogue = Dialogue::start(&text_pipeline(&dir.path().join("memory.sqlite")));
+    let weather = duplex::realtime::Tool {
+        name: "get_weather".into(),
+        description: "Get the current weather for a city".into(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city name"}},
+            "required": ["city"],
+        }),
+    };
+    let settings = duplex::realtime::SessionSettings {
+        tools: Some(vec![weather]),
+        ..Default::default()
+    };
+    dialogue
+        .send(Payload::Control(Control::Configure(settings).into()))
+        .await;
+    let call = dialogue
+        .say("What is the weather like in Paris right now?")
+        .await;
+    let done = call
+        .iter()
+        .find(|e| e["type"] == "response.function_call_arguments.done")
+        .expect("a function call");
+    println!("call: {done:?}");
+    assert_eq!(done["name"], "get_weather");
+    let arguments: Value = serde_json::from_str(done["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments.is_object(), "{arguments}");
+    assert_eq!(arguments["city"], "Paris", "{arguments}");
+    let response = &call.last().unwrap()["response"];
+    assert_eq!(response["status"], "completed");
+    assert_eq!(response["output"][0]["type"], "function_call");
+    let call_id = done["call_id"].as_str().unwrap().to_string();
+
+    // The client runs it and asks for the answer.
+    dialogue
+        .send(Payload::Control(
+            Control::AddItem {
+                item_id: "item_result".into(),
+                previous_item_id: None,
+                role: duplex::llm::Role::User,
+                text: "{\"city\": \"Paris\", \"weather\": \"sunny\", \"temperature_c\": 21}".into(),
+                call_id: Some(call_id),
+            }
+            .into(),
+        ))
+        .await;
+    dialogue
+        .send(Payload::Control(
+            Control::CreateResponse {
+                instructions: None,
+                modalities: None,
+                max_tokens: None,
+            }
+            .into(),
+        ))
+        .await;
+    let answer_events = dialogue.until(|e| e["type"] == "response.done").await;
+    let reply = answer(&answer_events).to_lowercase();
+    println!("answer with the result: {reply}");
+    assert!(
+        reply.contains("sunny") || reply.contains("21"),
+        "the answer does not use the result: {reply}"
+    );
+    assert!(
+        !reply.contains('{'),
+        "the answer echoes the raw result: {reply}"
+    );
+}

@@ -31,6 +31,7 @@ use super::conversation::Conversation;
 use super::heard::Heard;
 use super::memory::{Memory, Modality, format_for_prompt};
 use super::router::{self, Decision};
+use super::tool_call;
 use crate::graph::frame::ResponseSummary;
 use crate::graph::{
     Actor, Control, Ctx, DataFrame, INPUT, Payload, ResponseId, SystemFrame, SystemKind,
@@ -193,6 +194,10 @@ pub struct Controller {
     truncate_on_settle: bool,
     /// Functions the session declared (for the router).
     tools: Vec<router::ToolInfo>,
+    /// Their full declarations (for the arguments prompt).
+    tool_specs: Vec<realtime::Tool>,
+    /// `auto` (default), `none`, or `required`.
+    tool_choice: String,
     /// The response that produced each assistant item.
     responses_of_items: std::collections::HashMap<String, ResponseId>,
     /// Decisions of the router, for tests and the client.
@@ -239,6 +244,8 @@ impl Controller {
             partial_words: Vec::new(),
             truncate_on_settle: false,
             tools: Vec::new(),
+            tool_specs: Vec::new(),
+            tool_choice: "auto".into(),
             responses_of_items: Default::default(),
             decisions: Vec::new(),
         })
@@ -466,12 +473,73 @@ impl Controller {
                 format_for_prompt(found, now_unix_ms())
             );
         }
+        let tool = decision
+            .tool
+            .as_ref()
+            .filter(|_| self.tool_choice != "none")
+            .and_then(|name| self.tool_specs.iter().find(|t| &t.name == name))
+            .cloned();
         self.decisions.push(decision);
         let prompt = (!context.is_empty()).then(|| format!("{context}{text}"));
         self.conversation.push(item_id, Role::User, text, prompt);
         if self.params.create_response {
-            self.respond(ResponseOverrides::default(), ctx)?;
+            match tool {
+                Some(tool) => self.call_tool(tool, text, ctx)?,
+                None => self.respond(ResponseOverrides::default(), ctx)?,
+            }
         }
+        Ok(())
+    }
+
+    /// Answers with a call of `tool` (its arguments from the LLM) instead of
+    /// words; the client's `function_call_output` and `response.create`
+    /// bring the answer.
+    fn call_tool(&mut self, tool: realtime::Tool, request: &str, ctx: &Ctx) -> Result<()> {
+        let llm = self
+            .llm
+            .take()
+            .context("LLM lost after an earlier failure")?;
+        let response_id = self.next_response;
+        self.next_response += 1;
+        let rid = realtime::response_id(response_id);
+        let item_id = realtime::assistant_item_id(response_id);
+        ctx.events().emit(
+            "response.created",
+            0,
+            json!({"response": realtime::response_object(&rid, "in_progress", Value::Null, vec![], &["text".to_string()], None)}),
+        );
+        let cancel = Arc::new(AtomicBool::new(false));
+        let name = tool.name.clone();
+        let job = tool_call::CallJob {
+            llm,
+            tool,
+            request: request.to_string(),
+            ctx: ctx.clone(),
+            rid,
+            item_id: item_id.clone(),
+            call_id: format!("call_{response_id:06}"),
+            cancel: cancel.clone(),
+            seed: response_id,
+        };
+        let task = tokio::spawn(async move {
+            let done = tool_call::run(job).await;
+            // What the model sees of the call in later turns.
+            let text = format!("(calling {name} with {})", done.arguments);
+            Generated {
+                llm: done.llm,
+                sent: text.clone(),
+                text,
+                usage: done.usage,
+            }
+        });
+        self.active = Some(Active {
+            response_id,
+            item_id: item_id.clone(),
+            cancel,
+            task,
+            cancelled: None,
+        });
+        self.last = Some((response_id, item_id));
         Ok(())
     }
 
@@ -570,9 +638,13 @@ impl Controller {
                 call_id,
             } => {
                 self.settle(ctx).await?;
-                let prompt = call_id
-                    .as_ref()
-                    .map(|id| format!("(result of function call {id}) {text}"));
+                // Phrased as a request for the answer: given the bare
+                // output, SmolLM2-135M echoes it.
+                let prompt = call_id.as_ref().map(|_| {
+                    format!(
+                        "The function you called returned: {text}\nTell me the answer in one short spoken sentence."
+                    )
+                });
                 self.conversation.push(item_id, *role, text, prompt);
                 if *role == Role::User {
                     self.remember(Modality::User, text).await?;
@@ -721,7 +793,11 @@ impl Controller {
             }
             None => {}
         }
+        if let Some(choice) = &settings.tool_choice {
+            self.tool_choice = choice.clone();
+        }
         if let Some(tools) = &settings.tools {
+            self.tool_specs = tools.clone();
             self.tools = tools
                 .iter()
                 .map(|t| router::ToolInfo {

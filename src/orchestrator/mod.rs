@@ -6,3 +6,4 @@ pub mod embed;
 pub mod heard;
 pub mod memory;
 pub mod router;
+pub mod tool_call;

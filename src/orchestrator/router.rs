@@ -20,6 +20,9 @@ pub struct Decision {
     pub memory: Route,
     pub vision: Route,
     pub tools: Route,
+    /// The declared function the words asked for, when `tools.used`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
 }
 
 /// A tool the session declared: its name and description.
@@ -154,6 +157,7 @@ pub fn route(
             reason: "no reference to the scene".into(),
         },
     };
+    let mut tool = None;
     let tools = if tools.is_empty() {
         Route {
             used: false,
@@ -168,6 +172,7 @@ pub fn route(
                 .filter(|w| w.len() > 3)
                 .any(|w| text.contains(&format!(" {w} ")))
         });
+        tool = hit.map(|t| t.name.clone());
         match hit {
             Some(t) => Route {
                 used: true,
@@ -183,6 +188,7 @@ pub fn route(
         memory,
         vision,
         tools,
+        tool,
     }
 }
 
