@@ -118,6 +118,18 @@ enum BenchCommand {
         #[arg(long, default_value = "pipelines/asr.toml")]
         pipeline: PathBuf,
     },
+    /// Voice-to-voice latency over the Realtime API socket (end of user
+    /// speech sent -> first answer audio received; median, p95) on the ten
+    /// pocketsphinx-testdata clips, against the same pipeline in-process;
+    /// then the most concurrent sessions that all stay real-time.
+    Voice {
+        /// The voice pipeline to serve.
+        #[arg(long, default_value = "pipelines/voice.toml")]
+        pipeline: PathBuf,
+        /// Stop the capacity ramp at this many sessions.
+        #[arg(long, default_value_t = 32)]
+        max_sessions: usize,
+    },
     /// The local LLM engine (time to first token cold and warm, decode
     /// tokens/s) against llama.cpp on the same GGUF, in the same run.
     /// llama.cpp comes from `scripts/llama-server-peer` (target/llama-venv).
@@ -138,6 +150,19 @@ enum BenchCommand {
         /// Skip llama.cpp (no peer installed).
         #[arg(long)]
         no_peer: bool,
+    },
+    /// Speech out: clause -> first audio frame (against the whole answer at
+    /// once), long-lived espeak-ng (against one spawned per clause), TTS
+    /// real-time factor, avatar render ms/frame (against its JPEG encode),
+    /// and the voice turn's latency waterfall on the ten
+    /// pocketsphinx-testdata clips at real-time pace.
+    Tts {
+        /// The voice pipeline for the whole turn.
+        #[arg(long, default_value = "pipelines/voice.toml")]
+        pipeline: PathBuf,
+        /// Skip the whole voice turn (TTS and avatar only).
+        #[arg(long)]
+        no_turn: bool,
     },
 }
 
@@ -241,10 +266,26 @@ async fn dispatch(command: Command) -> Result<()> {
                 duplex::bench::print_graph(&ours, &peer);
                 Ok(())
             }
+            BenchCommand::Tts { pipeline, no_turn } => {
+                let resources = Resources::new(ModelStore::from_env());
+                let turn = (!no_turn).then_some(pipeline.as_path());
+                let report = duplex::bench::tts::run(&resources, turn).await?;
+                duplex::bench::tts::print(&report);
+                Ok(())
+            }
             BenchCommand::Asr { pipeline } => {
                 let resources = Resources::new(ModelStore::from_env());
                 let report = duplex::bench::asr::run(&resources, &pipeline).await?;
                 duplex::bench::asr::print(&report);
+                Ok(())
+            }
+            BenchCommand::Voice {
+                pipeline,
+                max_sessions,
+            } => {
+                let resources = Resources::new(ModelStore::from_env());
+                let report = duplex::bench::voice::run(&resources, &pipeline, max_sessions).await?;
+                duplex::bench::voice::print(&report);
                 Ok(())
             }
             BenchCommand::Llm {

@@ -451,6 +451,7 @@ fn a_voice_turn_in_the_browser_shows_words_audio_avatar_and_waterfall() {
         "responseDone",
         "playedOut",
         "waterfall",
+        "cameraFrames",
     ] {
         assert_eq!(
             waited[step],
@@ -526,6 +527,15 @@ fn a_voice_turn_in_the_browser_shows_words_audio_avatar_and_waterfall() {
         .as_u64()
         .unwrap();
     assert_eq!(rows[0]["label"], format!("{total} ms"));
+
+    // The camera's frames reached the server (counted in /metrics).
+    let sent = stats["videoFramesSent"].as_u64().unwrap_or(0);
+    let received = page["videoFramesReceived"].as_i64().unwrap_or(-1);
+    println!("camera: {sent} frames sent, {received} received by the server");
+    assert!(
+        received >= 2 && received as u64 <= sent,
+        "{sent} camera frames sent, {received} received"
+    );
 
     assert_screenshot(&artifacts().join("turn.png"));
 }

@@ -294,6 +294,8 @@ async fn bad_client_input_gets_error_events_and_the_session_goes_on() {
         (json!({"type": "response.cancel"}).to_string(), "response_cancel_not_active"),
         (json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 7}}}}}).to_string(), "invalid_value"),
         ("[1,2,3]".into(), "invalid_json"),
+        (json!({"type": "duplex.input_video.append", "image": "aGVsbG8="}).to_string(), "invalid_value"),
+        (json!({"type": "duplex.input_video.append"}).to_string(), "missing_field"),
     ];
     for (text, code) in cases {
         ws.send(Message::Text(text.clone().into())).await.unwrap();
@@ -304,6 +306,24 @@ async fn bad_client_input_gets_error_events_and_the_session_goes_on() {
             "{error}"
         );
     }
+    // A real camera frame (a JPEG) is taken without a reply, and counted.
+    let jpeg = {
+        let frame =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 128]));
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut bytes)
+            .encode_image(&frame)
+            .unwrap();
+        bytes
+    };
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &jpeg);
+    ws.send(Message::Text(
+        json!({"type": "duplex.input_video.append", "image": b64})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
     // After all that, the session still answers a valid update.
     ws.send(Message::Text(
         json!({"type": "session.update", "session": {"instructions": "Be kind."}})
@@ -332,13 +352,9 @@ async fn bad_client_input_gets_error_events_and_the_session_goes_on() {
         .unwrap();
     let updated = next_of(&mut fresh, "session.updated").await;
     assert_eq!(updated["session"]["instructions"], "Be brief.");
-    assert!(
-        server
-            .app
-            .metrics
-            .render()
-            .contains("duplex_client_errors_total")
-    );
+    let metrics = server.app.metrics.render();
+    assert!(metrics.contains("duplex_client_errors_total"), "{metrics}");
+    assert!(metrics.contains("duplex_video_frames_total 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

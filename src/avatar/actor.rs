@@ -128,6 +128,11 @@ impl AvatarActor {
         .context("avatar render task failed")?;
         self.renderer = Some(renderer);
         for (job, jpeg) in encoded? {
+            // Drawn while an interrupt came: nothing of a dead response
+            // leaves after it.
+            if job.response_id.is_some_and(|r| ctx.is_dead(r)) {
+                continue;
+            }
             self.frames += 1;
             ctx.events().emit(
                 "duplex.avatar.frame",

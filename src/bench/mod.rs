@@ -4,11 +4,17 @@
 //! - [`graph`]: the actor runtime against bare tokio channels;
 //! - [`asr`]: streaming Whisper (first partial, final after end of speech,
 //!   real-time factor) against whisper.cpp's full 30 s window;
-//! - [`llm`]: the local LLM engine against llama.cpp on the same GGUF.
+//! - [`llm`]: the local LLM engine against llama.cpp on the same GGUF;
+//! - [`tts`]: clause to first audio, phonemizer, TTS real-time factor,
+//!   avatar render, the voice turn's waterfall;
+//! - [`voice`]: voice-to-voice latency over the Realtime API socket against
+//!   the same pipeline in-process, and concurrent real-time sessions.
 
 pub mod asr;
 pub mod graph;
 pub mod llm;
+pub mod tts;
+pub mod voice;
 
 pub use graph::{ChainResult, graph, print_graph};
 

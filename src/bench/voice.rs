@@ -108,7 +108,11 @@ async fn socket_turn(port: u16, clip: &Prepared) -> Result<TurnTiming> {
         for (i, piece) in bytes.chunks(chunk).enumerate() {
             let audio = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, piece);
             let event = json!({"type": "input_audio_buffer.append", "audio": audio});
-            if tx.send(Message::Text(event.to_string().into())).await.is_err() {
+            if tx
+                .send(Message::Text(event.to_string().into()))
+                .await
+                .is_err()
+            {
                 break;
             }
             tokio::time::sleep_until((started + Duration::from_millis(20 * (i as u64 + 1))).into())
@@ -131,7 +135,8 @@ async fn socket_turn(port: u16, clip: &Prepared) -> Result<TurnTiming> {
             continue;
         };
         let now = Instant::now();
-        let since_end = |at: Instant| at.saturating_duration_since(speech_end_at).as_secs_f64() * 1e3;
+        let since_end =
+            |at: Instant| at.saturating_duration_since(speech_end_at).as_secs_f64() * 1e3;
         let event: Value = serde_json::from_str(&text).context("parsing a server event")?;
         match event["type"].as_str().unwrap_or_default() {
             "input_audio_buffer.speech_stopped" => timing.stopped_ms = Some(since_end(now)),
@@ -169,7 +174,12 @@ async fn in_process_turn(
     };
     run_pcm(pipeline, resources, &pcm, pace, |event| {
         if first.is_none() && event["type"] == "response.output_audio.delta" {
-            first = Some(Instant::now().saturating_duration_since(speech_end_at).as_secs_f64() * 1e3);
+            first = Some(
+                Instant::now()
+                    .saturating_duration_since(speech_end_at)
+                    .as_secs_f64()
+                    * 1e3,
+            );
         }
         Ok(())
     })
@@ -178,7 +188,12 @@ async fn in_process_turn(
 }
 
 /// Whether every one of `n` concurrent sessions stays real-time.
-async fn sessions_keep_up(port: u16, clip: &Arc<Prepared>, n: usize, silence_ms: f64) -> Result<(bool, Vec<TurnTiming>)> {
+async fn sessions_keep_up(
+    port: u16,
+    clip: &Arc<Prepared>,
+    n: usize,
+    silence_ms: f64,
+) -> Result<(bool, Vec<TurnTiming>)> {
     let turns: Vec<_> = (0..n)
         .map(|_| {
             let clip = clip.clone();
@@ -206,7 +221,11 @@ pub struct Report {
 }
 
 /// Runs both measurements; `max_sessions` bounds the capacity ramp.
-pub async fn run(resources: &Arc<Resources>, pipeline_path: &Path, max_sessions: usize) -> Result<Report> {
+pub async fn run(
+    resources: &Arc<Resources>,
+    pipeline_path: &Path,
+    max_sessions: usize,
+) -> Result<Report> {
     let pipeline = Pipeline::load(pipeline_path)?;
     let silence_ms = pipeline
         .nodes
@@ -216,7 +235,10 @@ pub async fn run(resources: &Arc<Resources>, pipeline_path: &Path, max_sessions:
             _ => None,
         })
         .with_context(|| format!("{} has no silero_vad node", pipeline_path.display()))?;
-    let clips: Vec<Prepared> = reference_clips()?.iter().map(prepare).collect::<Result<_>>()?;
+    let clips: Vec<Prepared> = reference_clips()?
+        .iter()
+        .map(prepare)
+        .collect::<Result<_>>()?;
 
     let app = {
         let (pipeline, resources) = (pipeline.clone(), resources.clone());
@@ -278,7 +300,13 @@ pub fn print(report: &Report) {
     );
     println!(
         "  {:<48} {:>14} {:>14} {:>12} {:>11} {:>11} {:>12}",
-        "clip", "v2v socket ms", "v2v in-proc ms", "asr final", "llm token", "1st clause", "1st audio"
+        "clip",
+        "v2v socket ms",
+        "v2v in-proc ms",
+        "asr final",
+        "llm token",
+        "1st clause",
+        "1st audio"
     );
     let mark = |w: &Option<Value>, key: &str| w.as_ref().and_then(|w| w[key].as_f64());
     for (name, t, peer) in &report.clips {
@@ -293,7 +321,11 @@ pub fn print(report: &Report) {
             opt(mark(&t.waterfall, "first_audio_ms")),
         );
     }
-    let mut socket: Vec<f64> = report.clips.iter().filter_map(|c| c.1.voice_to_voice_ms).collect();
+    let mut socket: Vec<f64> = report
+        .clips
+        .iter()
+        .filter_map(|c| c.1.voice_to_voice_ms)
+        .collect();
     let mut peer: Vec<f64> = report.clips.iter().filter_map(|c| c.2).collect();
     let (s_med, s_p95) = (median(&mut socket.clone()), percentile(&mut socket, 0.95));
     let (p_med, p_p95) = (median(&mut peer.clone()), percentile(&mut peer, 0.95));
@@ -301,11 +333,17 @@ pub fn print(report: &Report) {
         "  voice-to-voice (speech end sent -> first answer audio received): median {s_med:.0} ms, p95 {s_p95:.0} ms; in-process peer median {p_med:.0} ms, p95 {p_p95:.0} ms; ratio {:.2}x",
         s_med / p_med.max(1e-9)
     );
-    println!("  (the VAD's silence window is part of it: the turn ends only after that much silence)");
+    println!(
+        "  (the VAD's silence window is part of it: the turn ends only after that much silence)"
+    );
     for (n, ok, v2v) in &report.capacity {
         println!(
             "  {n:>3} concurrent sessions: {} (median voice-to-voice {v2v:.0} ms)",
-            if *ok { "all real-time" } else { "NOT all real-time" }
+            if *ok {
+                "all real-time"
+            } else {
+                "NOT all real-time"
+            }
         );
     }
     let best = report

@@ -141,6 +141,9 @@ pub enum Payload {
     /// The response has produced everything; ordered after its last clause
     /// or speech frame. The stage that finishes playing it reports it done.
     ResponseEnd(Box<ResponseSummary>),
+    /// A camera frame from the client (encoded JPEG or PNG), stamped with
+    /// the session clock when it arrived.
+    Video(Arc<[u8]>),
     /// A client's request (session.update, conversation edits, response
     /// create/cancel), in order with the audio around it. Each stage acts
     /// on what concerns it and passes it on.

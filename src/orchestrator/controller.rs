@@ -1047,6 +1047,9 @@ impl Actor for Controller {
                 let control = control.clone();
                 self.on_control(&control, frame.t_ms, ctx).await?;
             }
+            // Camera frames are for vision stages before the controller;
+            // none goes on to speech output.
+            Payload::Video(_) => {}
             _ => {
                 if frame.response_id == INPUT {
                     ctx.send(frame).await;

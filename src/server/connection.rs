@@ -529,6 +529,16 @@ async fn handle(
         ClientEvent::OutputAudioBufferClear { .. } => {
             control(input, now, Control::CancelResponse { response_id: None }).await;
         }
+        ClientEvent::InputVideoAppend { image, .. } => {
+            Metrics::inc(&app.metrics.video_frames_total);
+            input
+                .send_data(DataFrame {
+                    t_ms: now,
+                    response_id: INPUT,
+                    payload: Payload::Video(image.into()),
+                })
+                .await;
+        }
     }
     Ok(())
 }

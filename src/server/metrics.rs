@@ -38,6 +38,7 @@ pub struct Metrics {
     pub turns_total: AtomicU64,
     pub errors_total: AtomicU64,
     pub client_errors_total: AtomicU64,
+    pub video_frames_total: AtomicU64,
     /// Per stage name: latency since the end of the user's speech.
     stages: Mutex<Vec<(String, Histogram)>>,
 }
@@ -113,6 +114,12 @@ impl Metrics {
                 "duplex_client_errors_total",
                 "Client events refused as invalid.",
                 &self.client_errors_total,
+                "counter",
+            ),
+            (
+                "duplex_video_frames_total",
+                "Camera frames received (duplex.input_video.append).",
+                &self.video_frames_total,
                 "counter",
             ),
         ];

@@ -57,6 +57,7 @@ pub const CLIENT_EVENT_TYPES: &[&str] = &[
     "response.create",
     "response.cancel",
     "output_audio_buffer.clear",
+    "duplex.input_video.append",
 ];
 
 /// Client event types of the OpenAI API this server does not implement.
@@ -410,6 +411,12 @@ pub enum ClientEvent {
     },
     /// `output_audio_buffer.clear`: stop the bot's audio now.
     OutputAudioBufferClear { event_id: Option<String> },
+    /// duplex's extension `duplex.input_video.append`: one camera frame,
+    /// `image` base64 JPEG or PNG (checked by its signature).
+    InputVideoAppend {
+        event_id: Option<String>,
+        image: Vec<u8>,
+    },
 }
 
 impl ClientEvent {
@@ -426,7 +433,8 @@ impl ClientEvent {
             | ClientEvent::ConversationItemRetrieve { event_id, .. }
             | ClientEvent::ResponseCreate { event_id, .. }
             | ClientEvent::ResponseCancel { event_id, .. }
-            | ClientEvent::OutputAudioBufferClear { event_id } => event_id,
+            | ClientEvent::OutputAudioBufferClear { event_id }
+            | ClientEvent::InputVideoAppend { event_id, .. } => event_id,
         };
         id.as_deref()
     }
@@ -445,6 +453,7 @@ impl ClientEvent {
             ClientEvent::ResponseCreate { .. } => "response.create",
             ClientEvent::ResponseCancel { .. } => "response.cancel",
             ClientEvent::OutputAudioBufferClear { .. } => "output_audio_buffer.clear",
+            ClientEvent::InputVideoAppend { .. } => "duplex.input_video.append",
         }
     }
 }
@@ -770,6 +779,7 @@ pub fn parse_client_value(value: &Value) -> Result<ClientEvent, ProtocolError> {
         "output_audio_buffer.clear" => Ok(ClientEvent::OutputAudioBufferClear {
             event_id: event_id.clone(),
         }),
+        "duplex.input_video.append" => parse_video_append(obj, event_id.clone()),
         "conversation.item.create" => parse_item_create(obj, event_id.clone()),
         "conversation.item.truncate" => parse_truncate(obj, event_id.clone()),
         "conversation.item.delete" => req_id(obj, "", "item_id", "the id of the item to delete")
@@ -830,6 +840,40 @@ fn unknown_event(ty: &str) -> ProtocolError {
         ),
     )
     .with_param("type")
+}
+
+/// `duplex.input_video.append`: `image` must be base64 of a JPEG or PNG.
+fn parse_video_append(
+    obj: &Map<String, Value>,
+    event_id: Option<String>,
+) -> Result<ClientEvent, ProtocolError> {
+    let b64 = match obj.get("image") {
+        Some(Value::String(b64)) => b64,
+        None | Some(Value::Null) => {
+            return Err(missing("image", "a base64 JPEG or PNG camera frame"));
+        }
+        Some(other) => {
+            return Err(invalid(
+                "image",
+                format!("`image` must be a base64 string, got {}", describe(other)),
+            ));
+        }
+    };
+    let image = BASE64
+        .decode(b64)
+        .map_err(|e| invalid("image", format!("`image` is not valid base64: {e}")))?;
+    let is_jpeg = image.starts_with(&[0xFF, 0xD8, 0xFF]);
+    let is_png = image.starts_with(b"\x89PNG\r\n\x1a\n");
+    if !is_jpeg && !is_png {
+        return Err(invalid(
+            "image",
+            format!(
+                "`image` must be a JPEG or PNG file ({} bytes that are neither)",
+                image.len()
+            ),
+        ));
+    }
+    Ok(ClientEvent::InputVideoAppend { event_id, image })
 }
 
 /// Decodes base64 PCM16 (little-endian) audio, with a precise error.

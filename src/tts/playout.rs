@@ -207,6 +207,12 @@ impl OutputActor {
             (p.response_id, p.item_id.clone())
         };
         for (offset_ms, samples) in out {
+            // An interrupt raised while a burst goes out (the first lead, or
+            // a catch-up after a stall) stops it here; `on_system` then drops
+            // the response.
+            if ctx.is_dead(response_id) {
+                return;
+            }
             if offset_ms == 0 {
                 self.first_audio_out(ctx);
             }
@@ -231,6 +237,9 @@ impl OutputActor {
                 },
             })
             .await;
+        }
+        if ctx.is_dead(response_id) {
+            return;
         }
         let p = &self.playing[0];
         if !flush {

@@ -123,6 +123,8 @@ const scenarios = {
     await connect(page, cfg.key);
     const waited = {};
     waited.connected = await waitFor(page, "session.created", () => window.duplexStats.connected, 15000);
+    // The camera too (Chromium's fake device): about one JPEG a second.
+    await page.check("#camera");
     waited.userFinal = await waitFor(page, "user transcript", () => window.duplexStats.userTranscripts.length > 0, cfg.timeoutMs);
     waited.responseDone = await waitFor(
       page,
@@ -138,7 +140,10 @@ const scenarios = {
       30000,
     );
     waited.waterfall = await waitFor(page, "waterfall", () => document.querySelectorAll("#waterfall .bar").length > 0, 5000);
+    waited.cameraFrames = await waitFor(page, "camera frames sent", () => (window.duplexStats.videoFramesSent || 0) >= 2, 10000);
+    const metrics = await page.evaluate(async () => (await fetch("/metrics")).text());
     const shown = await readPage(page);
+    shown.videoFramesReceived = Number((metrics.match(/^duplex_video_frames_total (\d+)/m) || [])[1] ?? -1);
     if (cfg.screenshot) await page.screenshot({ path: cfg.screenshot, fullPage: true });
     return { waited, ...shown };
   },
