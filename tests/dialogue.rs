@@ -69,18 +69,9 @@ impl Dialogue {
     /// Events until one satisfies `done` (included); fails on an error event.
     async fn until(&mut self, done: impl Fn(&Event) -> bool) -> Vec<Event> {
         let mut events = Vec::new();
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(120), self.graph.events.recv())
-                .await
-                .expect("no event for 120 s")
-                .expect("the session ended");
-            assert_ne!(event["type"], "error", "{event:?}");
-            let last = done(&event);
-            events.push(event);
-            if last {
-                return events;
-            }
-        }
+        let limit = Duration::from_secs(120);
+        common::events_until(&mut self.graph.events, &mut events, limit, done).await;
+        events
     }
 
     /// The user says `text` (a final transcript, as the ASR would send);

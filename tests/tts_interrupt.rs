@@ -117,18 +117,8 @@ impl Session {
     /// Reads events until one satisfies `done` (included); fails on an
     /// error event or a stalled session.
     async fn until(&mut self, done: impl Fn(&Event) -> bool) {
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(60), self.graph.events.recv())
-                .await
-                .expect("no event for 60 s")
-                .expect("the session ended early");
-            assert_ne!(event["type"], "error", "{event:?}");
-            let last = done(&event);
-            self.events.push(event);
-            if last {
-                return;
-            }
-        }
+        let limit = Duration::from_secs(60);
+        common::events_until(&mut self.graph.events, &mut self.events, limit, done).await;
     }
 
     /// Interrupts `response_id` as a barge-in does, and puts a marker in the

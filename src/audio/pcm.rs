@@ -51,6 +51,15 @@ impl Pcm {
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
+
+    /// The clip with `before_ms` of silence before it and `after_ms` after.
+    pub fn padded(&self, before_ms: u64, after_ms: u64) -> Pcm {
+        let n = |ms: u64| (u64::from(self.sample_rate) * ms / 1000) as usize;
+        let mut samples = vec![0.0; n(before_ms)];
+        samples.extend_from_slice(&self.samples);
+        samples.extend(std::iter::repeat_n(0.0, n(after_ms)));
+        Pcm::new(samples, self.sample_rate)
+    }
 }
 
 /// Convert one `f32` sample to `i16`, clamping to `[-1, 1]` first (NaN -> 0).

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::asr::wer::WerTally;
 use crate::asr::whisper::{DecodeOptions, MAX_AUDIO_CTX};
-use crate::audio::{Pcm, decode_file};
+use crate::audio::decode_file;
 use crate::graph::{NodeKind, Pipeline, Resources};
 use crate::runner::{Pace, run_pcm};
 
@@ -119,17 +119,6 @@ fn clip_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn padded(pcm: &Pcm) -> Pcm {
-    let n = (pcm.sample_rate as u64 * PAD_MS / 1000) as usize;
-    let mut samples = vec![0.0; n];
-    samples.extend_from_slice(&pcm.samples);
-    samples.extend(std::iter::repeat_n(0.0, n));
-    Pcm {
-        samples,
-        sample_rate: pcm.sample_rate,
-    }
-}
-
 async fn stream_clip(
     pipeline: &Pipeline,
     resources: &Arc<Resources>,
@@ -144,18 +133,24 @@ async fn stream_clip(
         chunk_ms: 20,
         realtime: true,
     };
-    let events = run_pcm(pipeline, resources, &padded(&pcm), pace, |event| {
-        match event["type"].as_str() {
-            Some("input_audio_buffer.speech_stopped") => stopped_at = Some(Instant::now()),
-            Some("conversation.item.input_audio_transcription.completed") => {
-                if let Some(at) = stopped_at.take() {
-                    final_after_stop_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+    let events = run_pcm(
+        pipeline,
+        resources,
+        &pcm.padded(PAD_MS, PAD_MS),
+        pace,
+        |event| {
+            match event["type"].as_str() {
+                Some("input_audio_buffer.speech_stopped") => stopped_at = Some(Instant::now()),
+                Some("conversation.item.input_audio_transcription.completed") => {
+                    if let Some(at) = stopped_at.take() {
+                        final_after_stop_ms = Some(at.elapsed().as_secs_f64() * 1000.0);
+                    }
                 }
+                _ => {}
             }
-            _ => {}
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await
     .with_context(|| format!("streaming {name}"))?;
     if let Some(error) = events.iter().find(|e| e["type"] == "error") {

@@ -63,11 +63,9 @@ fn speech_end_ms(samples: &[f32], rate: u32) -> u64 {
 fn prepare(clip: &ReferenceClip) -> Result<Prepared> {
     let pcm = decode_file(&clip.path)?;
     let speech = resample(&pcm.samples, pcm.sample_rate, RATE)?;
-    let lead = (RATE as u64 * LEAD_MS / 1000) as usize;
-    let tail = (RATE as u64 * TAIL_MS / 1000) as usize;
-    let mut samples = vec![0.0; lead];
-    samples.extend_from_slice(&speech);
-    samples.extend(std::iter::repeat_n(0.0, tail));
+    let samples = Pcm::new(speech.clone(), RATE)
+        .padded(LEAD_MS, TAIL_MS)
+        .samples;
     Ok(Prepared {
         name: clip
             .path

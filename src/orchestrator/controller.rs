@@ -495,14 +495,7 @@ impl Controller {
     /// words; the client's `function_call_output` and `response.create`
     /// bring the answer.
     fn call_tool(&mut self, tool: realtime::Tool, request: &str, ctx: &Ctx) -> Result<()> {
-        let llm = self
-            .llm
-            .take()
-            .context("LLM lost after an earlier failure")?;
-        let response_id = self.next_response;
-        self.next_response += 1;
-        let rid = realtime::response_id(response_id);
-        let item_id = realtime::assistant_item_id(response_id);
+        let (llm, response_id, rid, item_id) = self.next_response()?;
         ctx.events().emit(
             "response.created",
             0,
@@ -543,16 +536,26 @@ impl Controller {
         Ok(())
     }
 
-    /// Starts generating a response to the conversation as it stands.
-    fn respond(&mut self, overrides: ResponseOverrides, ctx: &Ctx) -> Result<()> {
+    /// Takes the engine for a new response and numbers it: (engine,
+    /// response id, `resp_...` id, its item id).
+    fn next_response(&mut self) -> Result<(Box<dyn Llm>, ResponseId, String, String)> {
         let llm = self
             .llm
             .take()
             .context("LLM lost after an earlier failure")?;
         let response_id = self.next_response;
         self.next_response += 1;
-        let rid = realtime::response_id(response_id);
-        let item_id = realtime::assistant_item_id(response_id);
+        Ok((
+            llm,
+            response_id,
+            realtime::response_id(response_id),
+            realtime::assistant_item_id(response_id),
+        ))
+    }
+
+    /// Starts generating a response to the conversation as it stands.
+    fn respond(&mut self, overrides: ResponseOverrides, ctx: &Ctx) -> Result<()> {
+        let (llm, response_id, rid, item_id) = self.next_response()?;
         let modalities = overrides
             .modalities
             .unwrap_or_else(|| self.params.modalities.clone());

@@ -30,14 +30,7 @@ pub fn resources() -> Arc<Resources> {
 
 /// `pcm` with `ms` of silence added at both ends.
 pub fn pad(pcm: &Pcm, ms: u64) -> Pcm {
-    let n = (pcm.sample_rate as u64 * ms / 1000) as usize;
-    let mut samples = vec![0.0; n];
-    samples.extend_from_slice(&pcm.samples);
-    samples.extend(std::iter::repeat_n(0.0, n));
-    Pcm {
-        samples,
-        sample_rate: pcm.sample_rate,
-    }
+    pcm.padded(ms, ms)
 }
 
 /// Where speech really is in a clip, by energy: the first and last 10 ms
@@ -96,5 +89,28 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads a session's events into `into` until one satisfies `done`
+/// (included); fails on an `error` event or when nothing comes for
+/// `limit`.
+pub async fn events_until(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<duplex::graph::Event>,
+    into: &mut Vec<duplex::graph::Event>,
+    limit: std::time::Duration,
+    done: impl Fn(&duplex::graph::Event) -> bool,
+) {
+    loop {
+        let event = tokio::time::timeout(limit, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event for {limit:?}"))
+            .expect("the session ended early");
+        assert_ne!(event["type"], "error", "{event:?}");
+        let last = done(&event);
+        into.push(event);
+        if last {
+            return;
+        }
     }
 }
