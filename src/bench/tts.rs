@@ -5,8 +5,10 @@
 //!   response through the real graph `input -> tts -> output` (espeak-ng,
 //!   Piper, the paced output stage); the wall time from sending the `Clause`
 //!   frame to its first `response.output_audio.delta` (median; target
-//!   < 100 ms). Peer: the same answers' whole text sent at once (what a TTS
-//!   that waits for the full answer would do), time to first audio.
+//!   < 100 ms; a long clause opens with a short phrase, as the first clause
+//!   of every response does). Peer: the same answers' whole text sent at
+//!   once and spoken whole (what a TTS that waits for the full answer would
+//!   do), time to first audio.
 //! - Phonemizer: the long-lived `espeak-ng` process per clause against
 //!   spawning `espeak-ng` per clause (median ms).
 //! - TTS real-time factor on one thread (the voice's session has one
@@ -39,6 +41,7 @@ use crate::graph::{
 };
 use crate::realtime;
 use crate::runner::{Pace, run_pcm};
+use crate::tts::actor::TtsParams;
 use crate::tts::{ESPEAK_PROGRAM, Synthesizer};
 
 /// Answers as an LLM streams them, clause by clause.
@@ -155,9 +158,11 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-/// `input -> tts -> output`, as voice.toml has them.
-fn speech_pipeline() -> Result<Pipeline> {
-    let toml = r#"
+/// `input -> tts -> output`, as voice.toml has them; `first_piece_words`
+/// 0 makes the TTS speak each text whole (the peer).
+fn speech_pipeline(first_piece_words: usize) -> Result<Pipeline> {
+    let toml = format!(
+        r#"
 edges = ["input -> tts -> output"]
 [nodes.input]
 kind = "input"
@@ -165,12 +170,14 @@ sample_rate = 16000
 [nodes.tts]
 kind = "tts"
 speed = 1.0
+first_piece_words = {first_piece_words}
 [nodes.output]
 kind = "output"
 sample_rate = 24000
 lead_ms = 200
-"#;
-    Pipeline::parse(toml, Path::new("bench-tts.toml"))
+"#
+    );
+    Pipeline::parse(&toml, Path::new("bench-tts.toml"))
 }
 
 /// Sends `text` as response `response_id` and waits for its first audio
@@ -226,11 +233,14 @@ async fn first_audio_ms(
 /// Clause -> first audio frame through the graph, and the whole-answer peer.
 pub async fn first_audio(resources: &Arc<Resources>) -> Result<FirstAudio> {
     let shared = SessionShared::new("bench-tts");
-    let mut graph = SessionGraph::start(&speech_pipeline()?, resources, &shared)?;
+    let pipeline = speech_pipeline(TtsParams::default_first_piece_words())?;
+    let mut graph = SessionGraph::start(&pipeline, resources, &shared)?;
+    let mut whole = SessionGraph::start(&speech_pipeline(0)?, resources, &shared)?;
     let mut next: ResponseId = 1;
     // Warm-up: espeak-ng's first lines and the ONNX session's first runs.
     for _ in 0..2 {
         first_audio_ms(&mut graph, next, "Warming up the voice.").await?;
+        first_audio_ms(&mut whole, next, "Warming up the voice.").await?;
         next += 1;
     }
     let mut clause_ms = Vec::new();
@@ -240,11 +250,13 @@ pub async fn first_audio(resources: &Arc<Resources>) -> Result<FirstAudio> {
             clause_ms.push(first_audio_ms(&mut graph, next, clause).await?);
             next += 1;
         }
-        whole_answer_ms.push(first_audio_ms(&mut graph, next, &answer.join(" ")).await?);
+        whole_answer_ms.push(first_audio_ms(&mut whole, next, &answer.join(" ")).await?);
         next += 1;
     }
-    graph.end_input();
-    while graph.events.recv().await.is_some() {}
+    for mut graph in [graph, whole] {
+        graph.end_input();
+        while graph.events.recv().await.is_some() {}
+    }
     Ok(FirstAudio {
         clause_ms,
         whole_answer_ms,

@@ -3,6 +3,11 @@
 //! which names the clause (text and duration) so the output stage can tell
 //! which words were heard.
 //!
+//! The first clause of a response is spoken in two pieces when it is long:
+//! a short opening phrase (cut at a comma or before a conjunction, else
+//! after `first_piece_words` words), synthesized alone so the first audio
+//! comes sooner, then the rest, synthesized while the opening plays.
+//!
 //! Synthesis runs on the blocking pool, one clause at a time; the output
 //! stage buffers and paces, so the next clause is synthesized while the
 //! current one plays. An interrupted response's clause is dropped before it
@@ -30,6 +35,45 @@ pub struct TtsParams {
     /// Audio chunk size sent downstream, in ms.
     #[serde(default = "default_chunk_ms")]
     pub chunk_ms: u32,
+    /// Words in the opening piece of a long first clause (0: never split).
+    #[serde(default = "default_first_piece_words")]
+    pub first_piece_words: usize,
+}
+
+fn default_first_piece_words() -> usize {
+    TtsParams::default_first_piece_words()
+}
+
+impl TtsParams {
+    /// Default [`TtsParams::first_piece_words`].
+    pub fn default_first_piece_words() -> usize {
+        4
+    }
+}
+
+/// Words that start a new phrase: a good place to cut the opening piece.
+const PHRASE_STARTS: &[&str] = &[
+    "and", "but", "or", "because", "so", "that", "which", "who", "when", "where", "while", "if",
+    "to", "with", "for", "at", "in", "on", "of", "from", "about", "into", "after", "before",
+];
+
+/// Splits a long clause into a short opening piece and the rest, or `None`
+/// when it is short enough to synthesize at once. The opening has at least
+/// 3 words (its audio must outlast the synthesis of the rest) and ends at a
+/// comma-like mark or before a phrase word if one comes by word `words + 2`,
+/// else after `words` words; the rest keeps at least 4 words.
+pub fn opening_piece(clause: &str, words: usize) -> Option<(String, String)> {
+    let all: Vec<&str> = clause.split_whitespace().collect();
+    if words == 0 || all.len() < words.max(3) + 4 {
+        return None;
+    }
+    let last = (words + 2).min(all.len() - 4);
+    let natural = (3..=last).find(|&n| {
+        all[n - 1].ends_with([',', ';', ':'])
+            || PHRASE_STARTS.contains(&all[n].to_lowercase().as_str())
+    });
+    let n = natural.unwrap_or(words.max(3).min(last));
+    Some((all[..n].join(" "), all[n..].join(" ")))
 }
 
 fn default_speed() -> f32 {
@@ -43,6 +87,9 @@ fn default_chunk_ms() -> u32 {
 pub struct TtsActor {
     synth: Option<Synthesizer>,
     chunk_ms: u32,
+    first_piece_words: usize,
+    /// The response whose clauses are being spoken (its first is split).
+    current: Option<crate::graph::ResponseId>,
     latency: Arc<Latency>,
 }
 
@@ -61,8 +108,32 @@ impl TtsActor {
         Ok(TtsActor {
             synth: Some(synth),
             chunk_ms: params.chunk_ms,
+            first_piece_words: params.first_piece_words,
+            current: None,
             latency,
         })
+    }
+
+    /// Speaks a clause: in two pieces when it opens a response and is long.
+    async fn speak_clause(
+        &mut self,
+        frame: &DataFrame,
+        item_id: &str,
+        text: &str,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let opens = self.current != Some(frame.response_id);
+        self.current = Some(frame.response_id);
+        match opens
+            .then(|| opening_piece(text, self.first_piece_words))
+            .flatten()
+        {
+            Some((opening, rest)) => {
+                self.speak(frame, item_id, &opening, ctx).await?;
+                self.speak(frame, item_id, &rest, ctx).await
+            }
+            None => self.speak(frame, item_id, text, ctx).await,
+        }
     }
 
     async fn speak(
@@ -125,9 +196,57 @@ impl Actor for TtsActor {
     async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
         if let Payload::Clause { item_id, text } = &frame.payload {
             let (item_id, text) = (item_id.clone(), text.clone());
-            return self.speak(&frame, &item_id, &text, ctx).await;
+            return self.speak_clause(&frame, &item_id, &text, ctx).await;
         }
         ctx.send(frame).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::opening_piece;
+
+    fn split(text: &str) -> Option<(String, String)> {
+        opening_piece(text, 4)
+    }
+
+    fn pair(a: &str, b: &str) -> Option<(String, String)> {
+        Some((a.into(), b.into()))
+    }
+
+    #[test]
+    fn long_first_clauses_open_with_a_short_phrase() {
+        // At a comma.
+        assert_eq!(
+            split("I went to the market, and bought some apples and pears for the pie."),
+            pair(
+                "I went to the market,",
+                "and bought some apples and pears for the pie."
+            )
+        );
+        // Before a phrase word.
+        assert_eq!(
+            split("The flight leaves at seven in the morning and takes three hours."),
+            pair(
+                "The flight leaves",
+                "at seven in the morning and takes three hours."
+            )
+        );
+        // Neither by word 6: after 4 words.
+        assert_eq!(
+            split("Sure, I can help you plan the trip next spring."),
+            pair("Sure, I can help", "you plan the trip next spring.")
+        );
+    }
+
+    #[test]
+    fn short_clauses_and_zero_words_are_left_whole() {
+        assert_eq!(split("Hello there, how are you?"), None);
+        assert_eq!(split("One two three four five six seven"), None);
+        assert_eq!(opening_piece("a b c d e f g h i j k l", 0), None);
+        // The rest always keeps at least four words.
+        let (_, rest) = split("one two three four five six seven eight").unwrap();
+        assert_eq!(rest.split_whitespace().count(), 4);
     }
 }
