@@ -437,21 +437,60 @@ async fn twenty_sessions_at_once_all_complete_their_turns_and_a_stalled_client_h
             .await
             .unwrap();
     }
+    let peak = twenty_at_once(&server, &pcm, baseline).await;
+    drop(stalled);
+    let after = all_closed(&server).await;
+    println!(
+        "resident memory: {baseline:.0} MiB before, {peak:.0} MiB at the peak, {after:.0} MiB after"
+    );
+    // What twenty sessions took is returned but for a remainder paid once
+    // (allocator arenas of the worker threads, the inference libraries'
+    // caches), which does not grow round after round. Measured over five
+    // rounds: peaks of 840-1120 MiB, then 211, 241, 252, 268, 260 MiB from
+    // a baseline of 146 MiB.
+    let returned = |peak: f64, after: f64| after <= baseline + 0.2 * (peak - baseline) + 32.0;
+    assert!(
+        returned(peak, after),
+        "memory did not come back: {baseline:.0} MiB before, {peak:.0} at the peak, {after:.0} after"
+    );
+    let peak2 = twenty_at_once(&server, &pcm, after).await;
+    let after2 = all_closed(&server).await;
+    println!("second round: {peak2:.0} MiB at the peak, {after2:.0} MiB after");
+    assert!(
+        returned(peak2, after2),
+        "after a second round: {baseline:.0} MiB at first, {peak2:.0} at the peak, {after2:.0} after"
+    );
+}
+
+/// Twenty clients at once, each through one turn; returns the peak
+/// resident memory.
+async fn twenty_at_once(server: &Server, pcm: &[u8], before: f64) -> f64 {
     let started = std::time::Instant::now();
     let sessions: Vec<_> = (0..20)
         .map(|_| {
-            let pcm = pcm.clone();
+            let pcm = pcm.to_vec();
             let port = server.port;
             tokio::spawn(async move { run_one_turn(port, &pcm).await })
         })
         .collect();
-    let mut peak = baseline;
+    // The peak, sampled every 50 ms while the sessions run.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = before;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mib());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
     for session in sessions {
         let (transcript, after_audio) = tokio::time::timeout(Duration::from_secs(120), session)
             .await
             .expect("a session did not finish its turn in time")
             .unwrap();
-        peak = peak.max(rss_mib());
         println!(
             "transcript {:.1} s after the audio ended: {transcript}",
             after_audio.as_secs_f64()
@@ -462,38 +501,29 @@ async fn twenty_sessions_at_once_all_complete_their_turns_and_a_stalled_client_h
         "20 sessions done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    drop(stalled);
-    // Sessions end and free themselves once clients leave.
-    for _ in 0..50 {
-        if server
-            .app
-            .metrics
-            .sessions_active
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.await.unwrap()
+}
+
+/// Waits until every session has ended (they end and free themselves once
+/// their clients leave); returns the resident memory then.
+async fn all_closed(server: &Server) -> f64 {
+    let active = || {
         server
             .app
             .metrics
             .sessions_active
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
-    // Their memory is returned: nothing per session stays behind.
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for _ in 0..50 {
+        if active() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(active(), 0, "sessions still open after their clients left");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_mib();
-    println!(
-        "resident memory: {baseline:.0} MiB before, {peak:.0} MiB at the peak, {after:.0} MiB after"
-    );
-    assert!(
-        after <= baseline + 0.25 * (peak - baseline).max(0.0) + 32.0,
-        "memory did not come back: {baseline:.0} MiB before, {peak:.0} at the peak, {after:.0} after"
-    );
+    rss_mib()
 }
 
 /// One client's turn: connects, streams `pcm` (24 kHz pcm16) at real-time
