@@ -99,7 +99,7 @@ pub fn number_words(n: u64) -> String {
             out.push(SMALL[rest as usize].into());
         } else {
             out.push(TENS[(rest / 10) as usize].into());
-            if rest % 10 != 0 {
+            if !rest.is_multiple_of(10) {
                 out.push(SMALL[(rest % 10) as usize].into());
             }
         }

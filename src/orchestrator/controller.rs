@@ -1063,21 +1063,18 @@ impl Actor for Controller {
     }
 
     async fn on_system(&mut self, frame: &SystemFrame, ctx: &Ctx) -> Result<()> {
-        match &frame.kind {
-            SystemKind::SpeechStarted { .. } => {
-                self.partial_words.clear();
-                if self.params.interrupt_response
-                    && self.barge_in.is_none()
-                    && let Some((response_id, item_id)) = self.talking()
-                {
-                    ctx.raise(frame.t_ms, SystemKind::PauseOutput { response_id });
-                    self.barge_in = Some(BargeIn {
-                        response_id,
-                        item_id,
-                    });
-                }
+        if let SystemKind::SpeechStarted { .. } = &frame.kind {
+            self.partial_words.clear();
+            if self.params.interrupt_response
+                && self.barge_in.is_none()
+                && let Some((response_id, item_id)) = self.talking()
+            {
+                ctx.raise(frame.t_ms, SystemKind::PauseOutput { response_id });
+                self.barge_in = Some(BargeIn {
+                    response_id,
+                    item_id,
+                });
             }
-            _ => {}
         }
         Ok(())
     }
