@@ -277,7 +277,27 @@ impl Request {
     /// Sends the request and forwards the stream to `tx` until it ends,
     /// `stop` is raised or the receiver is gone; returning drops the
     /// connection.
+    /// Streams the reply into `tx`. A connection the server drops before
+    /// any text came is tried once more (llama.cpp's Python server drops
+    /// the next stream after one that failed): nothing reached the caller,
+    /// so asking again is safe.
     fn stream(self, stop: &AtomicBool, tx: &mpsc::Sender<Event>) -> Result<()> {
+        let mut delivered = false;
+        match self.stream_once(stop, tx, &mut delivered) {
+            Err(e) if !delivered && e.downcast_ref::<StreamDropped>().is_some() => {
+                tracing::debug!(url = %self.endpoint, error = %e, "stream dropped before any text; retrying");
+                self.stream_once(stop, tx, &mut delivered)
+            }
+            result => result,
+        }
+    }
+
+    fn stream_once(
+        &self,
+        stop: &AtomicBool,
+        tx: &mpsc::Sender<Event>,
+        delivered: &mut bool,
+    ) -> Result<()> {
         let url = self.endpoint.as_str();
         let send = || {
             let mut req = self
@@ -363,7 +383,15 @@ impl Request {
             let n = (&mut reader)
                 .take(MAX_LINE as u64)
                 .read_until(b'\n', &mut line)
-                .map_err(|e| self.describe(ureq::Error::from(e), "reading the stream"))?;
+                .map_err(|e| {
+                    let dropped = is_dropped(&e);
+                    let error = self.describe(ureq::Error::from(e), "reading the stream");
+                    if dropped {
+                        anyhow::Error::new(StreamDropped(format!("{error:#}")))
+                    } else {
+                        error
+                    }
+                })?;
             let eof = n == 0;
             if !eof && line.len() >= MAX_LINE && !line.ends_with(b"\n") {
                 bail!("LLM server at {url} sent an SSE line longer than {MAX_LINE} bytes");
@@ -379,10 +407,11 @@ impl Request {
                         usage,
                     }) => {
                         finished |= finish;
-                        if let Some(text) = text.filter(|t| !t.is_empty())
-                            && tx.send(Event::Text(text)).is_err()
-                        {
-                            return Ok(()); // the caller is gone
+                        if let Some(text) = text.filter(|t| !t.is_empty()) {
+                            *delivered = true;
+                            if tx.send(Event::Text(text)).is_err() {
+                                return Ok(()); // the caller is gone
+                            }
                         }
                         if let Some(u) = usage {
                             let _ = tx.send(Event::Usage(u));
@@ -458,6 +487,27 @@ impl Request {
 
 /// Fresh-connection retries after a pooled connection turned out closed.
 const STALE_RETRIES: usize = 2;
+
+/// The server dropped the connection mid-stream (the message says so).
+#[derive(Debug)]
+struct StreamDropped(String);
+
+impl std::fmt::Display for StreamDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamDropped {}
+
+/// Whether a read failed because the peer went away.
+fn is_dropped(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
+}
 
 /// The connection closed before any response byte: a stale kept-alive one.
 fn is_stale_connection(e: &ureq::Error) -> bool {
@@ -965,8 +1015,9 @@ mod tests {
     }
 
     /// A fake server that hangs up on the first `drops` connections right
-    /// after reading their request, then streams a reply.
-    fn hang_up_server(drops: usize) -> (String, Arc<Mutex<usize>>) {
+    /// after reading their request (after sending the reply's head, with
+    /// `head_first`), then streams a reply.
+    fn hang_up_server(drops: usize, head_first: bool) -> (String, Arc<Mutex<usize>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let accepted = Arc::new(Mutex::new(0));
@@ -992,7 +1043,10 @@ mod tests {
                 let mut body = vec![0; len];
                 reader.read_exact(&mut body).unwrap();
                 if i < drops {
-                    drop(sock); // closed without a byte of answer
+                    if head_first {
+                        sse_head(&mut sock);
+                    }
+                    drop(sock); // closed without a byte of the answer's text
                     continue;
                 }
                 sse_head(&mut sock);
@@ -1006,20 +1060,38 @@ mod tests {
 
     #[test]
     fn a_connection_closed_before_any_answer_is_retried_fresh() {
-        let (url, accepted) = hang_up_server(1);
+        let (url, accepted) = hang_up_server(1, false);
         let (r, pieces) = run(&url, |_| {});
         r.unwrap();
         assert_eq!(pieces, ["fresh"]);
         assert_eq!(*accepted.lock().unwrap(), 2);
 
         // A server that always hangs up: a clear error after the retries.
-        let (url, accepted) = hang_up_server(usize::MAX);
+        let (url, accepted) = hang_up_server(usize::MAX, false);
         let e = run(&url, |_| {}).0.unwrap_err().to_string();
         assert!(
             e.contains("dropped the connection while sending the request") && e.contains(&url),
             "{e}"
         );
         assert_eq!(*accepted.lock().unwrap(), 1 + STALE_RETRIES);
+    }
+
+    #[test]
+    fn a_stream_cut_before_any_text_is_asked_once_more() {
+        let (url, accepted) = hang_up_server(1, true);
+        let (r, pieces) = run(&url, |_| {});
+        r.unwrap();
+        assert_eq!(pieces, ["fresh"]);
+        assert_eq!(*accepted.lock().unwrap(), 2);
+
+        // Cut every time: the error names the drop, after one more try.
+        let (url, accepted) = hang_up_server(usize::MAX, true);
+        let e = run(&url, |_| {}).0.unwrap_err().to_string();
+        assert!(
+            e.contains("dropped the connection while reading the stream") && e.contains(&url),
+            "{e}"
+        );
+        assert_eq!(*accepted.lock().unwrap(), 2);
     }
 
     #[test]
