@@ -55,6 +55,16 @@ pub struct TokenCounts {
     pub output: usize,
 }
 
+impl From<&crate::llm::Usage> for TokenCounts {
+    fn from(u: &crate::llm::Usage) -> Self {
+        TokenCounts {
+            input: u.input_tokens,
+            cached: u.input_tokens.saturating_sub(u.prefilled_tokens),
+            output: u.output_tokens,
+        }
+    }
+}
+
 /// A response object for `response.created` / `response.done`.
 /// `status_details` is e.g. `{"type": "cancelled", "reason": "turn_detected"}`.
 pub fn response_object(

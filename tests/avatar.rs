@@ -14,15 +14,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use base64::Engine as _;
 use duplex::audio::{pcm16_base64_decode, rms};
 use duplex::avatar::{contact_sheet, mouth_open_measure, save_png};
-use duplex::graph::frame::ResponseSummary;
-use duplex::graph::{
-    DataFrame, Event, Payload, Pipeline, ResponseId, SessionGraph, SessionShared, SystemKind,
-};
+use duplex::graph::{Event, Pipeline, SystemKind};
 use duplex::realtime;
 use image::RgbImage;
 use serde_json::json;
@@ -74,66 +70,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
-struct Session {
-    graph: SessionGraph,
-    events: Vec<Event>,
-}
-
-impl Session {
-    fn start() -> Session {
-        let shared = SessionShared::new("avatar-test");
-        let graph = SessionGraph::start(&pipeline(), &common::resources(), &shared).unwrap();
-        Session {
-            graph,
-            events: Vec::new(),
-        }
-    }
-
-    async fn answer(&self, response_id: ResponseId, clauses: &[&str]) {
-        let input = self.graph.input.as_ref().expect("input open");
-        let item_id = realtime::assistant_item_id(response_id);
-        let mut payloads: Vec<Payload> = clauses
-            .iter()
-            .map(|text| Payload::Clause {
-                item_id: item_id.clone(),
-                text: text.to_string(),
-            })
-            .collect();
-        payloads.push(Payload::ResponseEnd(Box::new(ResponseSummary {
-            response_id: realtime::response_id(response_id),
-            item_id: item_id.clone(),
-            transcript: clauses.join(" "),
-            modalities: vec!["audio".into()],
-            ..ResponseSummary::default()
-        })));
-        for payload in payloads {
-            let frame = DataFrame {
-                t_ms: 0,
-                response_id,
-                payload,
-            };
-            assert!(input.send_data(frame).await, "the graph stopped");
-        }
-    }
-
-    /// Reads events until one satisfies `done` (included).
-    async fn until(&mut self, done: impl Fn(&Event) -> bool) {
-        let limit = Duration::from_secs(60);
-        common::events_until(&mut self.graph.events, &mut self.events, limit, done).await;
-    }
-
-    async fn finish(mut self) -> Vec<Event> {
-        self.graph.end_input();
-        while let Some(event) =
-            tokio::time::timeout(Duration::from_secs(60), self.graph.events.recv())
-                .await
-                .expect("the session did not end")
-        {
-            self.events.push(event);
-        }
-        self.events
-    }
-}
+type Session = common::AnswerSession;
 
 fn is_frame(e: &Event) -> bool {
     e["type"] == "duplex.avatar.frame"
@@ -167,7 +104,7 @@ fn pearson(a: &[f32], b: &[f32]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avatar_follows_real_speech_and_listens_on_barge_in() {
-    let mut s = Session::start();
+    let mut s = Session::start(&pipeline(), "avatar-test");
 
     // 1. A ~3 s answer played to its end.
     let rid = realtime::response_id(1);

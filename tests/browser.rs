@@ -280,7 +280,13 @@ fn transcript_of<'a>(page: &'a Value, role: &str) -> Vec<&'a Value> {
 }
 
 /// No script error, failed load or error log on the page.
-fn assert_clean_console(page: &Value) {
+/// No error shown on the page, none logged to its console.
+fn assert_no_errors(page: &Value) {
+    assert!(
+        page["error"].is_null(),
+        "an error is shown: {}",
+        page["error"]
+    );
     let bad: Vec<&Value> = page["console"]
         .as_array()
         .unwrap()
@@ -460,12 +466,7 @@ fn a_voice_turn_in_the_browser_shows_words_audio_avatar_and_waterfall() {
             server.log()
         );
     }
-    assert!(
-        page["error"].is_null(),
-        "an error is shown: {}",
-        page["error"]
-    );
-    assert_clean_console(&page);
+    assert_no_errors(&page);
 
     // The user's words: the transcript shares most words with LibriVox's.
     let user = transcript_of(&page, "user");
@@ -589,12 +590,7 @@ fn a_barge_in_in_the_browser_stops_playback_within_100_ms_and_shows_the_cut() {
         "the answer was not cancelled: {page}\nserver log:\n{}",
         server.log()
     );
-    assert!(
-        page["error"].is_null(),
-        "an error is shown: {}",
-        page["error"]
-    );
-    assert_clean_console(&page);
+    assert_no_errors(&page);
     let barge_ins = stats["bargeIns"].as_array().unwrap();
     let cut: Vec<&Value> = barge_ins
         .iter()

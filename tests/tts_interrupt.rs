@@ -15,14 +15,9 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use duplex::audio::pcm16_base64_decode;
-use duplex::graph::frame::ResponseSummary;
-use duplex::graph::{
-    DataFrame, Event, Payload, Pipeline, ResponseId, SessionGraph, SessionShared, SystemKind,
-};
+use duplex::graph::{Event, Pipeline, ResponseId, SystemKind};
 use duplex::realtime;
 use serde_json::{Value, json};
 
@@ -58,92 +53,20 @@ kind = "avatar"
     Pipeline::parse(toml, Path::new("tts_interrupt.toml")).unwrap()
 }
 
-struct Session {
-    graph: SessionGraph,
-    shared: Arc<SessionShared>,
-    /// Every event read so far, in order.
-    events: Vec<Event>,
+type Session = common::AnswerSession;
+
+fn start() -> Session {
+    Session::start(&pipeline(), "tts-interrupt-test")
 }
 
-impl Session {
-    fn start() -> Session {
-        let shared = SessionShared::new("tts-interrupt-test");
-        let graph = SessionGraph::start(&pipeline(), &common::resources(), &shared).unwrap();
-        Session {
-            graph,
-            shared,
-            events: Vec::new(),
-        }
-    }
-
-    async fn send(&self, response_id: ResponseId, payload: Payload) {
-        let input = self.graph.input.as_ref().expect("input open");
-        assert!(
-            input
-                .send_data(DataFrame {
-                    t_ms: 0,
-                    response_id,
-                    payload,
-                })
-                .await,
-            "the graph stopped taking input"
-        );
-    }
-
-    /// The whole answer of `response_id`, clause by clause, then its end.
-    async fn answer(&self, response_id: ResponseId, clauses: &[&str]) {
-        let item_id = realtime::assistant_item_id(response_id);
-        for text in clauses {
-            self.send(
-                response_id,
-                Payload::Clause {
-                    item_id: item_id.clone(),
-                    text: text.to_string(),
-                },
-            )
-            .await;
-        }
-        let summary = ResponseSummary {
-            response_id: realtime::response_id(response_id),
-            item_id,
-            transcript: clauses.join(" "),
-            modalities: vec!["audio".into()],
-            ..ResponseSummary::default()
-        };
-        self.send(response_id, Payload::ResponseEnd(Box::new(summary)))
-            .await;
-    }
-
-    /// Reads events until one satisfies `done` (included); fails on an
-    /// error event or a stalled session.
-    async fn until(&mut self, done: impl Fn(&Event) -> bool) {
-        let limit = Duration::from_secs(60);
-        common::events_until(&mut self.graph.events, &mut self.events, limit, done).await;
-    }
-
-    /// Interrupts `response_id` as a barge-in does, and puts a marker in the
-    /// event stream right after (so the test can tell what came later).
-    fn interrupt(&self, response_id: ResponseId) {
-        self.graph.raise(0, SystemKind::Interrupt { response_id });
-        self.graph.sink().expect("session alive").emit(
-            MARKER,
-            0,
-            json!({"response_id": response_id}),
-        );
-    }
-
-    async fn finish(mut self) -> Vec<Event> {
-        self.graph.end_input();
-        while let Some(event) =
-            tokio::time::timeout(Duration::from_secs(60), self.graph.events.recv())
-                .await
-                .expect("the session did not end")
-        {
-            assert_ne!(event["type"], "error", "{event:?}");
-            self.events.push(event);
-        }
-        self.events
-    }
+/// Interrupts `response_id` as a barge-in does, and puts a marker in the
+/// event stream right after (so the test can tell what came later).
+fn interrupt(s: &Session, response_id: ResponseId) {
+    s.graph.raise(0, SystemKind::Interrupt { response_id });
+    s.graph
+        .sink()
+        .expect("session alive")
+        .emit(MARKER, 0, json!({"response_id": response_id}));
 }
 
 fn is_delta_of(event: &Event, rid: &str) -> bool {
@@ -165,7 +88,7 @@ fn mentions(event: &Event, rid: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_stops_audio_within_40_ms_and_nothing_dead_follows() {
-    let mut s = Session::start();
+    let mut s = start();
     // (response, audio released before the interrupt, ms)
     let cuts: [(ResponseId, f64); 3] = [(1, 0.0), (2, 600.0), (3, 1500.0)];
     let mut heard_at_interrupt = Vec::new();
@@ -175,7 +98,7 @@ async fn interrupt_stops_audio_within_40_ms_and_nothing_dead_follows() {
         s.until(|e| is_delta_of(e, &rid) && e["t_ms"].as_f64().unwrap() >= cut_ms)
             .await;
         let heard = s.shared.heard.played_ms(response_id);
-        s.interrupt(response_id);
+        interrupt(&s, response_id);
         // The LLM's next clause, arriving late, must be dropped too.
         s.answer(response_id, &["And one more thing about the weather."])
             .await;

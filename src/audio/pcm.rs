@@ -52,6 +52,23 @@ impl Pcm {
         self.samples.is_empty()
     }
 
+    /// Where speech is, by energy: the start of the first and the end of
+    /// the last 10 ms frame whose RMS is within 26 dB of the loudest frame,
+    /// in ms; `None` for silence.
+    pub fn energy_speech_span(&self) -> Option<(u64, u64)> {
+        let frame = (self.sample_rate / 100).max(1) as usize;
+        let rms: Vec<f32> = self
+            .samples
+            .chunks(frame)
+            .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt())
+            .collect();
+        let peak = rms.iter().copied().fold(0.0f32, f32::max);
+        let loud = |r: &f32| peak > 0.0 && *r > peak * 0.05;
+        let first = rms.iter().position(loud)?;
+        let last = rms.iter().rposition(loud)?;
+        Some((first as u64 * 10, (last as u64 + 1) * 10))
+    }
+
     /// The clip with `before_ms` of silence before it and `after_ms` after.
     pub fn padded(&self, before_ms: u64, after_ms: u64) -> Pcm {
         let n = |ms: u64| (u64::from(self.sample_rate) * ms / 1000) as usize;

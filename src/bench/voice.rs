@@ -47,33 +47,20 @@ struct Prepared {
     speech_end_ms: u64,
 }
 
-/// The end of speech in `samples` by energy: the end of the last 10 ms
-/// frame within 26 dB of the loudest, ms.
-fn speech_end_ms(samples: &[f32], rate: u32) -> u64 {
-    let frame = (rate / 100) as usize;
-    let rms: Vec<f32> = samples
-        .chunks(frame)
-        .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len().max(1) as f32).sqrt())
-        .collect();
-    let loudest = rms.iter().copied().fold(0.0, f32::max);
-    let last = rms.iter().rposition(|&r| r > loudest * 0.05).unwrap_or(0);
-    (last as u64 + 1) * 10
-}
-
 fn prepare(clip: &ReferenceClip) -> Result<Prepared> {
     let pcm = decode_file(&clip.path)?;
-    let speech = resample(&pcm.samples, pcm.sample_rate, RATE)?;
-    let samples = Pcm::new(speech.clone(), RATE)
-        .padded(LEAD_MS, TAIL_MS)
-        .samples;
+    let speech = Pcm::new(resample(&pcm.samples, pcm.sample_rate, RATE)?, RATE);
+    let (_, end_ms) = speech
+        .energy_speech_span()
+        .with_context(|| format!("{} holds no speech", clip.path.display()))?;
     Ok(Prepared {
         name: clip
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        speech_end_ms: LEAD_MS + speech_end_ms(&speech, RATE),
-        samples,
+        speech_end_ms: LEAD_MS + end_ms,
+        samples: speech.padded(LEAD_MS, TAIL_MS).samples,
     })
 }
 

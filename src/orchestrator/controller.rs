@@ -525,6 +525,18 @@ impl Controller {
                 usage: done.usage,
             }
         });
+        self.start_active(response_id, item_id, cancel, task);
+        Ok(())
+    }
+
+    /// Files the response now generating (and the last one started).
+    fn start_active(
+        &mut self,
+        response_id: ResponseId,
+        item_id: String,
+        cancel: Arc<AtomicBool>,
+        task: JoinHandle<Generated>,
+    ) {
         self.active = Some(Active {
             response_id,
             item_id: item_id.clone(),
@@ -533,7 +545,6 @@ impl Controller {
             cancelled: None,
         });
         self.last = Some((response_id, item_id));
-        Ok(())
     }
 
     /// Takes the engine for a new response and numbers it: (engine,
@@ -613,15 +624,8 @@ impl Controller {
             item_id: item_id.clone(),
             modalities,
         }));
-        self.active = Some(Active {
-            response_id,
-            item_id: item_id.clone(),
-            cancel,
-            task,
-            cancelled: None,
-        });
         self.responses_of_items.insert(item_id.clone(), response_id);
-        self.last = Some((response_id, item_id));
+        self.start_active(response_id, item_id, cancel, task);
         Ok(())
     }
 }
@@ -995,11 +999,7 @@ async fn generate(job: GenerateJob) -> Generated {
         }
         let tokens = usage
             .as_ref()
-            .map(|u| realtime::TokenCounts {
-                input: u.input_tokens,
-                cached: u.input_tokens.saturating_sub(u.prefilled_tokens),
-                output: u.output_tokens,
-            })
+            .map(realtime::TokenCounts::from)
             .unwrap_or_default();
         ctx.send(DataFrame {
             t_ms: 0,

@@ -244,11 +244,7 @@ pub async fn run(job: CallJob) -> CallDone {
         json!({"response_id": rid, "output_index": 0, "item": done}),
     );
     events.emit("conversation.item.done", 0, json!({"item": done}));
-    let tokens = usage.as_ref().ok().map(|u| realtime::TokenCounts {
-        input: u.input_tokens,
-        cached: u.input_tokens.saturating_sub(u.prefilled_tokens),
-        output: u.output_tokens,
-    });
+    let tokens = usage.as_ref().ok().map(realtime::TokenCounts::from);
     events.emit(
         "response.done",
         0,

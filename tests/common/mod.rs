@@ -33,20 +33,9 @@ pub fn pad(pcm: &Pcm, ms: u64) -> Pcm {
     pcm.padded(ms, ms)
 }
 
-/// Where speech really is in a clip, by energy: the first and last 10 ms
-/// frame whose RMS is within 26 dB of the loudest frame. Returns ms.
+/// Where speech really is in a clip, by energy (ms).
 pub fn energy_speech_span(pcm: &Pcm) -> (u64, u64) {
-    let frame = (pcm.sample_rate / 100) as usize;
-    let rms: Vec<f32> = pcm
-        .samples
-        .chunks(frame)
-        .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt())
-        .collect();
-    let peak = rms.iter().cloned().fold(0.0f32, f32::max);
-    let loud = |r: &f32| *r > peak * 0.05;
-    let first = rms.iter().position(loud).expect("clip has sound");
-    let last = rms.iter().rposition(loud).expect("clip has sound");
-    (first as u64 * 10, (last as u64 + 1) * 10)
+    pcm.energy_speech_span().expect("clip has sound")
 }
 
 pub const CARDS: &str = "/usr/share/pocketsphinx/test/data/cards";
@@ -112,5 +101,86 @@ pub async fn events_until(
         if last {
             return;
         }
+    }
+}
+
+/// A session of a speech-out pipeline (`input -> tts -> output ...`) fed
+/// with an orchestrator's frames: whole answers, clause by clause.
+pub struct AnswerSession {
+    pub graph: duplex::graph::SessionGraph,
+    pub shared: Arc<duplex::graph::SessionShared>,
+    /// Every event read so far, in order.
+    pub events: Vec<duplex::graph::Event>,
+}
+
+impl AnswerSession {
+    pub fn start(pipeline: &duplex::graph::Pipeline, session_id: &str) -> AnswerSession {
+        let shared = duplex::graph::SessionShared::new(session_id);
+        let graph = duplex::graph::SessionGraph::start(pipeline, &resources(), &shared).unwrap();
+        AnswerSession {
+            graph,
+            shared,
+            events: Vec::new(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        response_id: duplex::graph::ResponseId,
+        payload: duplex::graph::Payload,
+    ) {
+        let input = self.graph.input.as_ref().expect("input open");
+        let frame = duplex::graph::DataFrame {
+            t_ms: 0,
+            response_id,
+            payload,
+        };
+        assert!(
+            input.send_data(frame).await,
+            "the graph stopped taking input"
+        );
+    }
+
+    /// The whole answer of `response_id`, clause by clause, then its end.
+    pub async fn answer(&self, response_id: duplex::graph::ResponseId, clauses: &[&str]) {
+        use duplex::graph::Payload;
+        let item_id = duplex::realtime::assistant_item_id(response_id);
+        for text in clauses {
+            let clause = Payload::Clause {
+                item_id: item_id.clone(),
+                text: text.to_string(),
+            };
+            self.send(response_id, clause).await;
+        }
+        let summary = duplex::graph::frame::ResponseSummary {
+            response_id: duplex::realtime::response_id(response_id),
+            item_id,
+            transcript: clauses.join(" "),
+            modalities: vec!["audio".into()],
+            ..Default::default()
+        };
+        self.send(response_id, Payload::ResponseEnd(Box::new(summary)))
+            .await;
+    }
+
+    /// Reads events until one satisfies `done` (included); fails on an
+    /// error event or a stalled session.
+    pub async fn until(&mut self, done: impl Fn(&duplex::graph::Event) -> bool) {
+        let limit = std::time::Duration::from_secs(60);
+        events_until(&mut self.graph.events, &mut self.events, limit, done).await;
+    }
+
+    /// Ends the input and reads every event left; fails on an error event.
+    pub async fn finish(mut self) -> Vec<duplex::graph::Event> {
+        self.graph.end_input();
+        while let Some(event) =
+            tokio::time::timeout(std::time::Duration::from_secs(60), self.graph.events.recv())
+                .await
+                .expect("the session did not end")
+        {
+            assert_ne!(event["type"], "error", "{event:?}");
+            self.events.push(event);
+        }
+        self.events
     }
 }

@@ -464,7 +464,11 @@ impl DecodeGate {
     /// Waits until `threads` more threads fit, or returns `None` as soon as
     /// `aborted` says so (checked every 10 ms while waiting).
     fn enter(&self, threads: usize, aborted: &dyn Fn() -> bool) -> Option<Turn> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Looked up once: on Linux it reads the affinity mask and cgroup
+        // quota files, not something to do before every decode.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cores =
+            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         while *busy > 0 && *busy + threads > cores {
             if aborted() {
