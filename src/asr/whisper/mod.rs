@@ -402,9 +402,14 @@ impl WhisperSession {
 
 /// `text` up to where it stops looking like speech of `samples` samples: a
 /// run of 1-8 words said three times in a row is cut after its first
-/// occurrence, and no more words are kept than anyone says in that time
-/// (5 per second, plus 3).
+/// occurrence, and so is a run of 6 or more words that starts over right
+/// after itself (whisper re-reading a whole sentence: the repeat runs to
+/// the end of the text or the full length of the run); no more words are
+/// kept than anyone says in that time (5 per second, plus 3).
 pub fn cut_runaway(text: &str, samples: usize) -> String {
+    /// The shortest run that, said twice in a row, is a decoding loop and
+    /// not a speaker repeating themselves.
+    const SENTENCE_LOOP_MIN_WORDS: usize = 6;
     let words: Vec<&str> = text.split_whitespace().collect();
     let keys: Vec<String> = words
         .iter()
@@ -424,6 +429,17 @@ pub fn cut_runaway(text: &str, samples: usize) -> String {
             };
             if w[..n] == w[n..2 * n] && w[n..2 * n] == w[2 * n..] && w.iter().any(|k| !k.is_empty())
             {
+                keep = start + n;
+                break 'scan;
+            }
+        }
+        for n in SENTENCE_LOOP_MIN_WORDS..=(keep - start).saturating_sub(SENTENCE_LOOP_MIN_WORDS) {
+            let repeat = n.min(keep - start - n);
+            let (run, after) = (
+                &keys[start..start + repeat],
+                &keys[start + n..start + n + repeat],
+            );
+            if run == after && run.iter().any(|k| !k.is_empty()) {
                 keep = start + n;
                 break 'scan;
             }

@@ -540,6 +540,24 @@ fn decoding_loops_are_cut_after_their_first_round() {
     assert_eq!(cut(&"word ".repeat(5), 1), "word", "a repeated single word");
     assert_eq!(
         cut(
+            "had he married a more amiable woman he might have been made still more respectable \
+             than he was. Had he married a more amiable woman he might have been",
+            6
+        ),
+        "had he married a more amiable woman he might have been made still more respectable \
+         than he was.",
+        "a sentence read again from its start"
+    );
+    assert_eq!(
+        cut(
+            "seven of hearts and two of clubs seven of hearts and two of clubs",
+            4
+        ),
+        "seven of hearts and two of clubs",
+        "a phrase of six words said twice"
+    );
+    assert_eq!(
+        cut(
             "one two three four five six seven eight nine ten eleven twelve thirteen",
             1
         ),
@@ -551,6 +569,7 @@ fn decoding_loops_are_cut_after_their_first_round() {
         "ten of clubs",
         "no no, not that one",
         "He was not. He was not an ill-disposed young man.",
+        "I said I want the red one, I said I want the blue one",
         "... ... ...",
         "",
     ] {
