@@ -1,6 +1,7 @@
 //! The ASR actor: follows the VAD's speech segments, runs partial passes at a
-//! steady cadence of audio while the user speaks, commits words with
-//! LocalAgreement, and decodes the final transcript the moment speech stops.
+//! steady cadence of audio while the user speaks (three times as often until
+//! the first word is committed), commits words with LocalAgreement, and decodes
+//! the final transcript the moment speech stops.
 //!
 //! Events (OpenAI Realtime API): `conversation.item.input_audio_transcription.delta`
 //! with the newly committed words, and `...completed` with the final
@@ -225,9 +226,17 @@ impl AsrActor {
             // Silence since the pause: wait for the speculative final.
             return;
         }
-        if u.last_pass
-            .is_some_and(|at| self.clock < at + self.partial_interval)
-        {
+        // Until the first word is committed, passes come three times as
+        // often: whisper hesitates most over an utterance's first words, and
+        // two early passes that agree show them sooner (a pass on under a
+        // second of audio costs ~100 ms; the engine drops words it is unsure
+        // of, so early guesses rarely agree by chance).
+        let interval = if u.agreement.committed().is_empty() {
+            self.partial_interval / 3
+        } else {
+            self.partial_interval
+        };
+        if u.last_pass.is_some_and(|at| self.clock < at + interval) {
             return;
         }
         let Some(mut engine) = self.engine.take() else {

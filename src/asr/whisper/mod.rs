@@ -252,6 +252,7 @@ impl WhisperModel {
             .map_err(|e| anyhow!("whisper.cpp could not create a decoding state: {e}"))?;
         Ok(WhisperSession {
             state,
+            first_special_token: self.ctx.token_eot(),
             padded: Vec::new(),
         })
     }
@@ -261,6 +262,8 @@ impl WhisperModel {
 /// that transcribes; not for concurrent use (`transcribe` takes `&mut`).
 pub struct WhisperSession {
     state: WhisperState,
+    /// Token ids from here on are special (end of text, timestamps…).
+    first_special_token: whisper_rs::WhisperTokenId,
     /// Scratch buffer for padding short audio.
     padded: Vec<f32>,
 }
@@ -379,9 +382,11 @@ impl WhisperSession {
 
 impl WhisperSession {
     /// A fast hypothesis for a partial pass: greedy, no temperature
-    /// fallback, at [`PARTIAL_AUDIO_CTX_FLOOR`], with a decoding loop cut
-    /// off ([`cut_runaway`]): a loop starts with a sound hypothesis, and the
-    /// caller's agreement step filters what is still unstable.
+    /// fallback, at [`PARTIAL_AUDIO_CTX_FLOOR`], ending before the first
+    /// word whisper is unsure of ([`PARTIAL_MIN_TOKEN_P`]), with a decoding
+    /// loop cut off ([`cut_runaway`]): a loop starts with a sound
+    /// hypothesis, and the caller's agreement step filters what is still
+    /// unstable.
     pub fn transcribe_partial(
         &mut self,
         audio_16k: &[f32],
@@ -395,10 +400,46 @@ impl WhisperSession {
             abort,
             ..DecodeOptions::default()
         };
-        let text = self.transcribe(audio_16k, &fast)?;
-        Ok(cut_runaway(&text, audio_16k.len()))
+        self.transcribe(audio_16k, &fast)?;
+        let confident = self.confident_prefix(PARTIAL_MIN_TOKEN_P)?;
+        Ok(cut_runaway(&confident, audio_16k.len()))
+    }
+
+    /// The text of the last decode up to the first word with a token whisper
+    /// gave less than `min_p` probability (trimmed): what it is unsure of
+    /// is not offered for commitment yet.
+    fn confident_prefix(&self, min_p: f32) -> Result<String> {
+        let mut bytes: Vec<u8> = Vec::new();
+        // Where the word being read started in `bytes`.
+        let mut word_start = 0;
+        'segments: for segment in self.state.as_iter() {
+            for i in 0..segment.n_tokens() {
+                let Some(token) = segment.get_token(i) else {
+                    continue;
+                };
+                if token.token_id() >= self.first_special_token {
+                    continue;
+                }
+                let piece = token.to_bytes().context("reading a whisper.cpp token")?;
+                if piece.first() == Some(&b' ') {
+                    word_start = bytes.len();
+                }
+                if token.token_probability() < min_p {
+                    bytes.truncate(word_start);
+                    break 'segments;
+                }
+                bytes.extend_from_slice(piece);
+            }
+        }
+        Ok(String::from_utf8_lossy(&bytes).trim().to_string())
     }
 }
+
+/// A partial hypothesis stops before the first word with a token less likely
+/// than this: on the first few hundred ms of speech whisper guesses whole
+/// phrases ("How do you marry" for "Had he married"), and two guesses can
+/// agree.
+const PARTIAL_MIN_TOKEN_P: f32 = 0.15;
 
 /// `text` up to where it stops looking like speech of `samples` samples: a
 /// run of 1-8 words said three times in a row is cut after its first
