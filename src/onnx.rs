@@ -58,6 +58,9 @@ pub fn load_session(
         })
         .and_then(|b| b.with_intra_threads(threads).map_err(|e| e.into()))
         .and_then(|b| b.with_inter_threads(1).map_err(|e| e.into()))
+        // Idle worker threads sleep instead of spinning: the cores are
+        // shared with whisper.cpp and the LLM.
+        .and_then(|b| b.with_intra_op_spinning(false).map_err(|e| e.into()))
         .and_then(|mut b| b.commit_from_file(model));
     session
         .map_err(|e| crate::models::corrupt_model_error(package, model, e))

@@ -6,9 +6,9 @@
 //!   Piper, the paced output stage); the wall time from sending the `Clause`
 //!   frame to its first `response.output_audio.delta` (median; target
 //!   < 100 ms; a long clause opens with a short phrase, as the first clause
-//!   of every response does). Peer: the same answers' whole text sent at
-//!   once and spoken whole (what a TTS that waits for the full answer would
-//!   do), time to first audio.
+//!   of every response does, on the voice's quick session). Peer: the same
+//!   answers' whole text sent at once and spoken whole (what a TTS that
+//!   waits for the full answer would do), time to first audio.
 //! - Phonemizer: the long-lived `espeak-ng` process per clause against
 //!   spawning `espeak-ng` per clause (median ms).
 //! - TTS real-time factor on one thread (the voice's session has one
@@ -506,7 +506,7 @@ pub fn print(report: &Report) {
     let peer = med(&fa.whole_answer_ms);
     let max = fa.clause_ms.iter().copied().fold(0.0, f64::max);
     println!(
-        "tts: espeak-ng + Piper (joe, 1 thread) through input -> tts -> output (24 kHz, 20 ms frames)"
+        "tts: espeak-ng + Piper (joe; a response opens on the 2-thread quick session, the rest on 1 thread) through input -> tts -> output (24 kHz, 20 ms frames)"
     );
     println!(
         "  clause -> first audio frame: median {ours:.0} ms, max {max:.0} ms over {} clauses (target: median < 100 ms); \

@@ -6,7 +6,8 @@
 //! The first clause of a response is spoken in two pieces when it is long:
 //! a short opening phrase (cut at a comma or before a conjunction, else
 //! after `first_piece_words` words), synthesized alone so the first audio
-//! comes sooner, then the rest, synthesized while the opening plays.
+//! comes sooner, then the rest, synthesized while the opening plays. The
+//! opening goes to the voice's quick session (more threads).
 //!
 //! Synthesis runs on the blocking pool, one clause at a time; the output
 //! stage buffers and paces, so the next clause is synthesized while the
@@ -129,18 +130,21 @@ impl TtsActor {
             .flatten()
         {
             Some((opening, rest)) => {
-                self.speak(frame, item_id, &opening, ctx).await?;
-                self.speak(frame, item_id, &rest, ctx).await
+                self.speak(frame, item_id, &opening, true, ctx).await?;
+                self.speak(frame, item_id, &rest, false, ctx).await
             }
-            None => self.speak(frame, item_id, text, ctx).await,
+            None => self.speak(frame, item_id, text, opens, ctx).await,
         }
     }
 
+    /// Synthesizes `text` and sends its audio on; `opening` marks the first
+    /// audio of a response, synthesized on the voice's quick session.
     async fn speak(
         &mut self,
         frame: &DataFrame,
         item_id: &str,
         text: &str,
+        opening: bool,
         ctx: &Ctx,
     ) -> Result<()> {
         if ctx.is_dead(frame.response_id) {
@@ -153,7 +157,11 @@ impl TtsActor {
         let clause = text.to_string();
         let started = Instant::now();
         let (synth, result) = tokio::task::spawn_blocking(move || {
-            let result = synth.synthesize(&clause);
+            let result = if opening {
+                synth.synthesize_quick(&clause)
+            } else {
+                synth.synthesize(&clause)
+            };
             (synth, result)
         })
         .await

@@ -86,6 +86,16 @@ impl Synthesizer {
     /// Speech for `text` at [`sample_rate`](Self::sample_rate). Empty audio
     /// (not an error) for empty, whitespace or punctuation-only text.
     pub fn synthesize(&mut self, text: &str) -> Result<Pcm> {
+        self.synthesize_with(text, false)
+    }
+
+    /// [`synthesize`](Self::synthesize) for audio a listener is waiting for
+    /// (the opening of an answer): on the voice's quick session when free.
+    pub fn synthesize_quick(&mut self, text: &str) -> Result<Pcm> {
+        self.synthesize_with(text, true)
+    }
+
+    fn synthesize_with(&mut self, text: &str, quick: bool) -> Result<Pcm> {
         let rate = self.sample_rate();
         let gap = crate::audio::samples_for_ms(rate, SENTENCE_GAP_MS);
         let mut samples = Vec::new();
@@ -93,7 +103,11 @@ impl Synthesizer {
             if !has_phonemes(&sentence) {
                 continue;
             }
-            let audio = self.voice.synthesize(&sentence, self.speed)?;
+            let audio = if quick {
+                self.voice.synthesize_quick(&sentence, self.speed)?
+            } else {
+                self.voice.synthesize(&sentence, self.speed)?
+            };
             if audio.is_empty() {
                 continue;
             }
