@@ -17,3 +17,4 @@ pub mod realtime;
 pub mod runner;
 pub mod server;
 pub mod tts;
+pub mod turn;

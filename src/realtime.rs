@@ -101,12 +101,15 @@ pub fn response_object(
     })
 }
 
-/// Server VAD settings (`turn_detection` of type `server_vad`).
+/// Turn detection settings: server VAD, or semantic VAD when `semantic` is
+/// set (`silence_duration_ms` is then the wait for an unscored pause).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnDetection {
     pub threshold: f32,
     pub prefix_padding_ms: u64,
     pub silence_duration_ms: u64,
+    /// Semantic VAD with this eagerness.
+    pub semantic: Option<crate::turn::Eagerness>,
     /// Answer each turn automatically.
     pub create_response: bool,
     /// Let the user barge in on the bot.
@@ -119,6 +122,7 @@ impl Default for TurnDetection {
             threshold: 0.5,
             prefix_padding_ms: 300,
             silence_duration_ms: 500,
+            semantic: None,
             create_response: true,
             interrupt_response: true,
         }

@@ -66,6 +66,8 @@ struct Utterance {
     pause_at: Option<(u64, u64)>,
     /// A speculative final that finished: (speech_end_ms, transcript).
     speculation: Option<(u64, String)>,
+    /// The last partial pass's whole hypothesis (for the turn detector).
+    guess: String,
 }
 
 pub struct AsrActor {
@@ -142,6 +144,7 @@ impl AsrActor {
             stop_at: None,
             pause_at: None,
             speculation: None,
+            guess: String::new(),
         });
     }
 
@@ -168,6 +171,9 @@ impl AsrActor {
         }
         let (kind, pass) = self.pass.take().context("no pass in flight")?;
         let (engine, result) = pass.await.context("ASR pass task failed")?;
+        let guess = (kind == PassKind::Partial)
+            .then(|| engine.latest_guess())
+            .flatten();
         self.engine = Some(engine);
         let aborted = self.abort.load(Ordering::SeqCst);
         let text = match result {
@@ -186,8 +192,13 @@ impl AsrActor {
             text = %text,
             "ASR pass"
         );
+        if kind == PassKind::Partial {
+            u.guess = guess.unwrap_or_else(|| text.clone());
+        }
         if let PassKind::Speculative { speech_end_ms } = kind {
             u.speculation = Some((speech_end_ms, text.clone()));
+            let item_id = u.item_id.clone();
+            send_pause_transcript(ctx, ms(self.clock), item_id, speech_end_ms, text.clone()).await;
         }
         let fresh = u.agreement.update(&text);
         if fresh.is_empty() {
@@ -407,6 +418,8 @@ impl Actor for AsrActor {
             } => {
                 if let Some(u) = &mut self.utterance {
                     u.pause_at = Some((samples(*audio_end_ms), *speech_end_ms));
+                    let (item_id, text) = (u.item_id.clone(), u.guess.clone());
+                    send_pause_transcript(ctx, *audio_end_ms, item_id, *speech_end_ms, text).await;
                 }
                 self.maybe_speculate(ctx).await?;
             }
@@ -430,6 +443,26 @@ impl Actor for AsrActor {
         self.abort.store(true, Ordering::SeqCst);
         self.collect(true, ctx).await
     }
+}
+
+/// Tells the stages downstream what was heard up to a pause.
+async fn send_pause_transcript(
+    ctx: &Ctx,
+    t_ms: u64,
+    item_id: String,
+    speech_end_ms: u64,
+    text: String,
+) {
+    ctx.send(DataFrame {
+        t_ms,
+        response_id: INPUT,
+        payload: Payload::PauseTranscript {
+            item_id,
+            speech_end_ms,
+            text,
+        },
+    })
+    .await;
 }
 
 #[cfg(test)]

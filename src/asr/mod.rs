@@ -37,6 +37,14 @@ pub trait StreamingAsr: Send + 'static {
     /// turn may be over). Stops early when the abort flag is raised.
     fn speculate(&mut self, new_audio: &[f32]) -> Result<String>;
 
+    /// The last partial pass's whole hypothesis, words the engine was
+    /// unsure of included (`partial` may hold those back from commitment):
+    /// what the turn detector reads when the user pauses. `None`: the
+    /// engine has no such difference.
+    fn latest_guess(&self) -> Option<String> {
+        None
+    }
+
     /// Forgets the current utterance.
     fn reset(&mut self);
 
@@ -56,6 +64,11 @@ pub trait UtteranceRecognizer: Send + 'static {
         final_pass: bool,
         abort: &Arc<AtomicBool>,
     ) -> Result<String>;
+
+    /// See [`StreamingAsr::latest_guess`].
+    fn latest_guess(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Streaming by re-decoding the growing utterance on every pass.
@@ -91,6 +104,10 @@ impl<R: UtteranceRecognizer> StreamingAsr for Redecode<R> {
     fn speculate(&mut self, new_audio: &[f32]) -> Result<String> {
         self.audio.extend_from_slice(new_audio);
         self.recognizer.transcribe(&self.audio, true, &self.abort)
+    }
+
+    fn latest_guess(&self) -> Option<String> {
+        self.recognizer.latest_guess()
     }
 
     fn reset(&mut self) {

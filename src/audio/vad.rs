@@ -2,6 +2,13 @@
 //! actor that turns its speech probabilities into the Realtime API's
 //! server_vad events (`input_audio_buffer.speech_started` / `speech_stopped`).
 //!
+//! With `turn_detection = "semantic_vad"` the silence that ends a turn is
+//! not fixed: each pause's end-of-turn score (`EndOfTurnScore`, from the
+//! `end_of_turn` node downstream) sets it through the eagerness
+//! ([`crate::turn::window`]), and the choice is emitted as
+//! `duplex.turn.end_of_turn`. A pause never scored waits for the
+//! eagerness' fallback window.
+//!
 //! The model is loaded once per process and shared; each session keeps its
 //! own recurrent state and 64-sample context. Inference runs on the blocking
 //! pool, never on the async reactor.
@@ -15,10 +22,11 @@ use ort::value::Tensor;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::graph::{Actor, Control, Ctx, DataFrame, Payload, SystemKind};
+use crate::graph::{Actor, Control, Ctx, DataFrame, Payload, SystemFrame, SystemKind};
 use crate::latency::Latency;
 use crate::models::ModelStore;
 use crate::realtime::TurnDetection;
+use crate::turn::Eagerness;
 
 /// Silero's rate, chunk and context sizes (v6, 16 kHz).
 pub const VAD_RATE: u32 = 16_000;
@@ -83,9 +91,26 @@ pub struct VadParams {
     /// Audio kept before the detected start, in ms.
     #[serde(default = "default_prefix_padding_ms")]
     pub prefix_padding_ms: u64,
-    /// Silence that ends speech, in ms.
+    /// Silence that ends speech, in ms (server_vad).
     #[serde(default = "default_silence_duration_ms")]
     pub silence_duration_ms: u64,
+    /// `server_vad` (a fixed silence ends the turn) or `semantic_vad` (the
+    /// silence follows how finished the words sound; needs an `end_of_turn`
+    /// node after the ASR).
+    #[serde(default)]
+    pub turn_detection: TurnDetectionKind,
+    /// semantic_vad: how eagerly the turn ends (low, medium, high, auto).
+    #[serde(default)]
+    pub eagerness: Eagerness,
+}
+
+/// How the VAD ends a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnDetectionKind {
+    #[default]
+    ServerVad,
+    SemanticVad,
 }
 
 fn default_threshold() -> f32 {
@@ -104,11 +129,26 @@ impl Default for VadParams {
             threshold: default_threshold(),
             prefix_padding_ms: default_prefix_padding_ms(),
             silence_duration_ms: default_silence_duration_ms(),
+            turn_detection: TurnDetectionKind::default(),
+            eagerness: Eagerness::default(),
         }
     }
 }
 
 impl VadParams {
+    /// Semantic VAD's eagerness, when it runs.
+    pub fn semantic(&self) -> Option<Eagerness> {
+        (self.turn_detection == TurnDetectionKind::SemanticVad).then_some(self.eagerness)
+    }
+
+    /// The silence that ends a turn when no score says otherwise.
+    pub fn silence_ms(&self) -> u64 {
+        match self.semantic() {
+            Some(eagerness) => eagerness.fallback_ms(),
+            None => self.silence_duration_ms,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(self.threshold > 0.0 && self.threshold < 1.0) {
             bail!("threshold must be between 0 and 1, got {}", self.threshold);
@@ -165,6 +205,9 @@ pub struct VadActor {
     silence_from: Option<u64>,
     /// `SpeechPaused` was raised for the current run of silence.
     paused: bool,
+    /// semantic_vad: the window an end-of-turn score set for the current
+    /// run of silence (ms after the end of speech).
+    scored_window_ms: Option<u64>,
     segments: u64,
 }
 
@@ -193,6 +236,7 @@ impl VadActor {
             disabled: false,
             silence_from: None,
             paused: false,
+            scored_window_ms: None,
             segments: 0,
         })
     }
@@ -248,10 +292,11 @@ impl VadActor {
         if p >= self.params.threshold {
             self.silence_from = None;
             self.paused = false;
+            self.scored_window_ms = None;
         } else if p < self.params.threshold - 0.15 {
             let from = *self.silence_from.get_or_insert(chunk_start);
             let silent_ms = ms(chunk_end - from);
-            if silent_ms >= self.params.silence_duration_ms {
+            if silent_ms >= self.window_ms() {
                 self.stop(ms(from), ms(chunk_end), ctx);
             } else if silent_ms >= PAUSE_HINT_MS && !self.paused {
                 self.paused = true;
@@ -267,10 +312,47 @@ impl VadActor {
         }
     }
 
+    /// The silence that ends the current turn.
+    fn window_ms(&self) -> u64 {
+        self.scored_window_ms
+            .unwrap_or_else(|| self.params.silence_ms())
+    }
+
+    /// semantic_vad: a pause was scored; sets its window, and ends the turn
+    /// at once if the silence already lasts that long.
+    fn on_score(&mut self, item_id: &str, speech_end_ms: u64, score: f32, text: &str, ctx: &Ctx) {
+        let Some(eagerness) = self.params.semantic() else {
+            return;
+        };
+        let pause = self.silence_from.map(ms);
+        if !self.speaking || item_id != self.item_id() || pause != Some(speech_end_ms) {
+            return; // the user spoke on: the score is stale
+        }
+        let window_ms = eagerness.window_ms(score);
+        self.scored_window_ms = Some(window_ms);
+        let now = ms(self.consumed);
+        ctx.events().emit(
+            "duplex.turn.end_of_turn",
+            now,
+            json!({
+                "item_id": item_id,
+                "speech_end_ms": speech_end_ms,
+                "score": score,
+                "window_ms": window_ms,
+                "eagerness": eagerness.as_str(),
+                "text": text,
+            }),
+        );
+        if now.saturating_sub(speech_end_ms) >= window_ms {
+            self.stop(speech_end_ms, now, ctx);
+        }
+    }
+
     fn stop(&mut self, speech_end_ms: u64, audio_end_ms: u64, ctx: &Ctx) {
         self.speaking = false;
         self.silence_from = None;
         self.paused = false;
+        self.scored_window_ms = None;
         let silence = std::time::Duration::from_millis(audio_end_ms - speech_end_ms);
         self.latency.start(&self.item_id(), silence);
         ctx.events().emit(
@@ -311,6 +393,11 @@ impl VadActor {
                     threshold: turn.threshold,
                     prefix_padding_ms: turn.prefix_padding_ms,
                     silence_duration_ms: turn.silence_duration_ms,
+                    turn_detection: match turn.semantic {
+                        Some(_) => TurnDetectionKind::SemanticVad,
+                        None => TurnDetectionKind::ServerVad,
+                    },
+                    eagerness: turn.semantic.unwrap_or_default(),
                 };
                 params.validate()?;
                 self.params = params;
@@ -363,6 +450,19 @@ impl Actor for VadActor {
             self.run_chunks(ctx).await?;
         } else {
             ctx.send(frame).await;
+        }
+        Ok(())
+    }
+
+    async fn on_system(&mut self, frame: &SystemFrame, ctx: &Ctx) -> Result<()> {
+        if let SystemKind::EndOfTurnScore {
+            item_id,
+            speech_end_ms,
+            score,
+            text,
+        } = &frame.kind
+        {
+            self.on_score(item_id, *speech_end_ms, *score, text, ctx);
         }
         Ok(())
     }

@@ -63,6 +63,15 @@ pub enum SystemKind {
         audio_end_ms: u64,
         speech_end_ms: u64,
     },
+    /// How likely the user has finished, scored on the words heard up to a
+    /// pause that began at `speech_end_ms` (semantic VAD). Sent to every
+    /// stage: the VAD, upstream, turns it into the silence to wait for.
+    EndOfTurnScore {
+        item_id: String,
+        speech_end_ms: u64,
+        score: f32,
+        text: String,
+    },
     /// The user barged in: every response up to and including `response_id`
     /// is dead. Queued frames of dead responses are flushed everywhere.
     Interrupt { response_id: ResponseId },
@@ -78,11 +87,13 @@ pub enum SystemKind {
 
 impl SystemKind {
     /// Whether the frame must reach every actor at once rather than hop by
-    /// hop (a busy stage must not delay stopping the audio).
+    /// hop (a busy stage must not delay stopping the audio; an end-of-turn
+    /// score goes upstream to the VAD).
     pub fn broadcast(&self) -> bool {
         matches!(
             self,
             SystemKind::Interrupt { .. }
+                | SystemKind::EndOfTurnScore { .. }
                 | SystemKind::Cancel { .. }
                 | SystemKind::PauseOutput { .. }
                 | SystemKind::ResumeOutput { .. }
@@ -120,6 +131,14 @@ pub enum Payload {
         item_id: String,
         text: String,
         is_final: bool,
+    },
+    /// The words of an utterance heard up to a pause that began at
+    /// `speech_end_ms` (the latest partial hypothesis, then the speculative
+    /// final): what the end of the turn is judged on (ASR -> turn actor).
+    PauseTranscript {
+        item_id: String,
+        speech_end_ms: u64,
+        text: String,
     },
     /// A clause of the assistant's answer, ready to be spoken
     /// (orchestrator -> TTS).

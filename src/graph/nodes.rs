@@ -35,6 +35,8 @@ use crate::orchestrator::memory::{Memory, MemoryStore};
 use crate::tts::actor::{TtsActor, TtsParams};
 use crate::tts::playout::{OutputActor, OutputParams};
 use crate::tts::{PiperVoice, Synthesizer};
+use crate::turn::actor::TurnActor;
+use crate::turn::end_of_turn::EndOfTurnScorer;
 
 /// A node of a pipeline: its kind (the `kind` key) and parameters.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +57,9 @@ pub enum NodeKind {
     Output(OutputParams),
     /// Avatar video frames lip-synced to the released speech.
     Avatar(AvatarParams),
+    /// Semantic turn detection: scores each pause of the user with the
+    /// local LLM for semantic VAD (between `asr` and the controller).
+    EndOfTurn(EndOfTurnParams),
     /// Forwards every frame unchanged (tests, benchmarks, taps).
     Passthrough(PassthroughParams),
 }
@@ -74,6 +79,10 @@ fn default_pipeline_rate() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassthroughParams {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndOfTurnParams {}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +207,7 @@ impl NodeKind {
                 Ok(())
             }
             NodeKind::Tts(_) => resources.voice().map(drop),
+            NodeKind::EndOfTurn(_) => resources.local_llm().map(drop),
             NodeKind::Input(_)
             | NodeKind::Output(_)
             | NodeKind::Avatar(_)
@@ -263,6 +273,9 @@ impl NodeKind {
             )?),
             NodeKind::Avatar(p) => Box::new(AvatarActor::new(p.clone())?),
             NodeKind::Passthrough(_) => Box::new(Passthrough),
+            NodeKind::EndOfTurn(_) => Box::new(TurnActor::new(EndOfTurnScorer::new(
+                &resources.local_llm()?,
+            )?)),
         })
     }
 }
@@ -321,6 +334,10 @@ impl UtteranceRecognizer for WhisperRecognizer {
             ..DecodeOptions::default()
         };
         self.session.transcribe(audio, &options)
+    }
+
+    fn latest_guess(&self) -> Option<String> {
+        Some(self.session.last_guess().to_string())
     }
 }
 

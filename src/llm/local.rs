@@ -623,6 +623,64 @@ impl LocalSession {
         )
     }
 
+    /// The next-token logits after `prompt` (raw ids), reusing the cached
+    /// prefix; the cache then holds `prompt`. For scoring what the model
+    /// expects next (the end-of-turn token, say) without generating.
+    pub fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        let mut prefilled = 0;
+        self.prefill(prompt, &AtomicBool::new(false), &mut prefilled)?
+            .context("prefill stopped")
+    }
+
+    /// Feeds `prompt` after the longest cached prefix of it and returns the
+    /// logits of its last token, or `None` when `cancel` was raised first;
+    /// `prefilled` counts the tokens computed.
+    fn prefill(
+        &mut self,
+        prompt: &[u32],
+        cancel: &AtomicBool,
+        prefilled: &mut usize,
+    ) -> Result<Option<Vec<f32>>> {
+        let weights = &self.shared.weights;
+        let ctx = weights.cfg.context_length;
+        if prompt.is_empty() {
+            bail!("empty prompt");
+        }
+        if prompt.len() >= ctx {
+            bail!(
+                "the prompt has {} tokens but the model's context is {ctx}",
+                prompt.len()
+            );
+        }
+        let vocab = self.shared.tok.vocab_size();
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary");
+        }
+        // Reuse the longest cached prefix; at least one token must be
+        // computed to get the next-token logits.
+        let keep = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
+        self.kv.truncate(keep);
+        self.cached.truncate(keep);
+        let mut logits = Vec::new();
+        for chunk in prompt[keep..].chunks(PREFILL_CHUNK) {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            match weights.forward(chunk, &mut self.kv) {
+                Ok(l) => logits = l,
+                Err(e) => {
+                    // The cache may hold part of the chunk: forget it all
+                    // from the reused prefix on.
+                    self.kv.truncate(self.cached.len());
+                    return Err(e);
+                }
+            }
+            self.cached.extend_from_slice(chunk);
+            *prefilled += chunk.len();
+        }
+        Ok(Some(logits))
+    }
+
     fn run(
         &mut self,
         started: Instant,
@@ -640,48 +698,12 @@ impl LocalSession {
             input_tokens: prompt.len(),
             ..Usage::default()
         };
-        if prompt.is_empty() {
-            bail!("empty prompt");
-        }
-        if prompt.len() >= ctx {
-            bail!(
-                "the prompt has {} tokens but the model's context is {ctx}",
-                prompt.len()
-            );
-        }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= tok.vocab_size()) {
-            bail!("token id {bad} is outside the vocabulary");
-        }
-        // Reuse the longest cached prefix; at least one token must be
-        // computed to get the next-token logits.
-        let keep = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
-        self.kv.truncate(keep);
-        self.cached.truncate(keep);
-        if cancel.load(Ordering::Relaxed) {
+        let Some(mut logits) = self.prefill(prompt, cancel, &mut usage.prefilled_tokens)? else {
             usage.cancelled = true;
             return Ok(usage);
-        }
-        let mut logits = Vec::new();
-        for chunk in prompt[keep..].chunks(PREFILL_CHUNK) {
-            if cancel.load(Ordering::Relaxed) {
-                usage.cancelled = true;
-                return Ok(usage);
-            }
-            match weights.forward(chunk, &mut self.kv) {
-                Ok(l) => logits = l,
-                Err(e) => {
-                    // The cache may hold part of the chunk: forget it all
-                    // from the reused prefix on.
-                    self.kv.truncate(self.cached.len());
-                    return Err(e);
-                }
-            }
-            self.cached.extend_from_slice(chunk);
-            usage.prefilled_tokens += chunk.len();
-        }
+        };
         tracing::debug!(
             input = prompt.len(),
-            reused = keep,
             prefilled = usage.prefilled_tokens,
             ms = started.elapsed().as_millis() as u64,
             "prefill"

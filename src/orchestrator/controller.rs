@@ -1053,6 +1053,8 @@ impl Actor for Controller {
             // Camera frames are for vision stages before the controller;
             // none goes on to speech output.
             Payload::Video(_) => {}
+            // What was heard up to a pause is for the turn detector.
+            Payload::PauseTranscript { .. } => {}
             _ => {
                 if frame.response_id == INPUT {
                     ctx.send(frame).await;

@@ -256,7 +256,8 @@ fn session_defaults(pipeline: &crate::graph::Pipeline) -> SessionDefaults {
     defaults.turn_detection = vad.map(|v| crate::realtime::TurnDetection {
         threshold: v.threshold,
         prefix_padding_ms: v.prefix_padding_ms,
-        silence_duration_ms: v.silence_duration_ms,
+        silence_duration_ms: v.silence_ms(),
+        semantic: v.semantic(),
         ..Default::default()
     });
     defaults

@@ -1251,8 +1251,9 @@ fn parse_response_params(v: &Value, path: &str) -> Result<ResponseParams, Protoc
 // Session update
 // ---------------------------------------------------------------------------
 
-/// Server VAD, or semantic VAD (emulated here with server VAD whose silence
-/// wait follows the eagerness).
+/// Server VAD, or semantic VAD (the silence wait follows an end-of-turn score
+/// of each pause when the pipeline has an `end_of_turn` node, else the
+/// eagerness' fallback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VadKind {
     ServerVad,
@@ -1268,34 +1269,7 @@ impl VadKind {
     }
 }
 
-/// Semantic VAD's eagerness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eagerness {
-    Low,
-    Medium,
-    High,
-    Auto,
-}
-
-impl Eagerness {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Eagerness::Low => "low",
-            Eagerness::Medium => "medium",
-            Eagerness::High => "high",
-            Eagerness::Auto => "auto",
-        }
-    }
-
-    /// The end-of-turn silence that stands in for it.
-    pub fn silence_duration_ms(self) -> u64 {
-        match self {
-            Eagerness::Low => 1500,
-            Eagerness::Medium | Eagerness::Auto => 800,
-            Eagerness::High => 400,
-        }
-    }
-}
+pub use crate::turn::Eagerness;
 
 /// A `turn_detection` object of a session.update; absent fields keep their
 /// current value (or the default when the type changes).
@@ -2017,22 +1991,25 @@ pub struct TurnDetectionConfig {
 }
 
 impl TurnDetectionConfig {
-    /// Server VAD with the pipeline's settings.
-    pub fn server_vad(t: &TurnDetection) -> Self {
+    /// The pipeline's turn detection (server VAD, or semantic VAD when the
+    /// pipeline's VAD runs it).
+    pub fn from_pipeline(t: &TurnDetection) -> Self {
         TurnDetectionConfig {
-            kind: VadKind::ServerVad,
+            kind: match t.semantic {
+                Some(_) => VadKind::SemanticVad,
+                None => VadKind::ServerVad,
+            },
             threshold: t.threshold,
             prefix_padding_ms: t.prefix_padding_ms,
             silence_duration_ms: t.silence_duration_ms,
             create_response: t.create_response,
             interrupt_response: t.interrupt_response,
             idle_timeout_ms: None,
-            eagerness: Eagerness::Auto,
+            eagerness: t.semantic.unwrap_or_default(),
         }
     }
 
-    /// What the VAD stage runs: semantic VAD becomes server VAD whose
-    /// silence wait follows the eagerness.
+    /// What the VAD stage runs.
     pub fn to_pipeline(&self) -> TurnDetection {
         let defaults = TurnDetection::default();
         match self.kind {
@@ -2040,13 +2017,15 @@ impl TurnDetectionConfig {
                 threshold: self.threshold,
                 prefix_padding_ms: self.prefix_padding_ms,
                 silence_duration_ms: self.silence_duration_ms,
+                semantic: None,
                 create_response: self.create_response,
                 interrupt_response: self.interrupt_response,
             },
             VadKind::SemanticVad => TurnDetection {
                 threshold: defaults.threshold,
                 prefix_padding_ms: defaults.prefix_padding_ms,
-                silence_duration_ms: self.eagerness.silence_duration_ms(),
+                silence_duration_ms: self.eagerness.fallback_ms(),
+                semantic: Some(self.eagerness),
                 create_response: self.create_response,
                 interrupt_response: self.interrupt_response,
             },
@@ -2061,7 +2040,7 @@ impl TurnDetectionConfig {
         let base = match current {
             Some(c) if c.kind == kind => c.clone(),
             _ => {
-                let mut base = TurnDetectionConfig::server_vad(&TurnDetection::default());
+                let mut base = TurnDetectionConfig::from_pipeline(&TurnDetection::default());
                 base.kind = kind;
                 base
             }
@@ -2199,7 +2178,7 @@ impl SessionState {
             turn_detection: defaults
                 .turn_detection
                 .as_ref()
-                .map(TurnDetectionConfig::server_vad),
+                .map(TurnDetectionConfig::from_pipeline),
             transcription: defaults.transcription.then(|| TranscriptionConfig {
                 model: defaults.transcription_model.clone(),
                 language: None,
@@ -3305,10 +3284,7 @@ mod tests {
             .apply(&session(json!({"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}}})))
             .unwrap();
         let td = delta.turn_detection.unwrap().unwrap();
-        assert_eq!(
-            td.silence_duration_ms,
-            Eagerness::High.silence_duration_ms()
-        );
+        assert_eq!(td.silence_duration_ms, Eagerness::High.fallback_ms());
         let reported = &s.to_json(false)["audio"]["input"]["turn_detection"];
         assert_eq!(reported["type"], "semantic_vad");
         assert_eq!(reported["eagerness"], "high");

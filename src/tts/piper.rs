@@ -526,7 +526,10 @@ mod tests {
         assert_eq!(voice.has_quick_session(), cores >= QUICK_THREADS);
         let quick = voice.synthesize_quick(ipa, 1.0).unwrap();
         let ratio = quick.len() as f64 / audio.len() as f64;
-        assert!((0.8..=1.25).contains(&ratio), "quick/steady length {ratio:.2}");
+        assert!(
+            (0.8..=1.25).contains(&ratio),
+            "quick/steady length {ratio:.2}"
+        );
         let quick_rms = crate::audio::rms(&quick);
         assert!(
             (0.5..=2.0).contains(&(quick_rms / rms)),

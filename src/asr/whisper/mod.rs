@@ -254,6 +254,7 @@ impl WhisperModel {
             state,
             first_special_token: self.ctx.token_eot(),
             padded: Vec::new(),
+            last_guess: String::new(),
         })
     }
 }
@@ -266,6 +267,8 @@ pub struct WhisperSession {
     first_special_token: whisper_rs::WhisperTokenId,
     /// Scratch buffer for padding short audio.
     padded: Vec<f32>,
+    /// See [`WhisperSession::last_guess`].
+    last_guess: String,
 }
 
 impl std::fmt::Debug for WhisperSession {
@@ -400,9 +403,16 @@ impl WhisperSession {
             abort,
             ..DecodeOptions::default()
         };
-        self.transcribe(audio_16k, &fast)?;
+        let guess = self.transcribe(audio_16k, &fast)?;
+        self.last_guess = cut_runaway(&guess, audio_16k.len());
         let confident = self.confident_prefix(PARTIAL_MIN_TOKEN_P)?;
         Ok(cut_runaway(&confident, audio_16k.len()))
+    }
+
+    /// The whole hypothesis of the last partial pass, the words it was
+    /// unsure of included (what the turn detector reads at a pause).
+    pub fn last_guess(&self) -> &str {
+        &self.last_guess
     }
 
     /// The text of the last decode up to the first word with a token whisper

@@ -1,0 +1,98 @@
+//! The turn actor (`end_of_turn` node): scores what the user said up to each
+//! pause with the frozen LLM and raises the score to every stage
+//! (`EndOfTurnScore`), which semantic VAD turns into its silence window.
+//!
+//! Scoring runs on the blocking pool. A pause is scored on the latest partial
+//! hypothesis at once, and again when the speculative final arrives if its
+//! words differ; a score for a pause the user has since spoken through is
+//! ignored by the VAD.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+
+use super::end_of_turn::EndOfTurnScorer;
+use crate::graph::{Actor, Ctx, DataFrame, Payload, SystemKind};
+
+pub struct TurnActor {
+    /// The scorer, or `None` while a score is being computed.
+    scorer: Option<EndOfTurnScorer>,
+    /// The last pause scored: (item, speech end, words).
+    last: Option<(String, u64, String)>,
+}
+
+impl TurnActor {
+    pub fn new(scorer: EndOfTurnScorer) -> Self {
+        TurnActor {
+            scorer: Some(scorer),
+            last: None,
+        }
+    }
+
+    async fn score(
+        &mut self,
+        t_ms: u64,
+        item_id: &str,
+        speech_end_ms: u64,
+        text: &str,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let key = (item_id.to_string(), speech_end_ms, text.to_string());
+        if text.trim().is_empty() || self.last.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        self.last = Some(key);
+        let mut scorer = self
+            .scorer
+            .take()
+            .context("end-of-turn scorer lost after an earlier failure")?;
+        let words = text.to_string();
+        let started = Instant::now();
+        let (scorer, score) = tokio::task::spawn_blocking(move || {
+            let score = scorer.score(None, &words);
+            (scorer, score)
+        })
+        .await
+        .context("end-of-turn scoring task failed")?;
+        self.scorer = Some(scorer);
+        let score = score.context("scoring the end of the turn")?;
+        tracing::debug!(
+            item_id,
+            speech_end_ms,
+            score,
+            ms = started.elapsed().as_millis() as u64,
+            text,
+            "end of turn scored"
+        );
+        ctx.raise(
+            t_ms,
+            SystemKind::EndOfTurnScore {
+                item_id: item_id.to_string(),
+                speech_end_ms,
+                score,
+                text: text.to_string(),
+            },
+        );
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Actor for TurnActor {
+    async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
+        if let Payload::PauseTranscript {
+            item_id,
+            speech_end_ms,
+            text,
+        } = &frame.payload
+        {
+            let (item_id, text) = (item_id.clone(), text.clone());
+            return self
+                .score(frame.t_ms, &item_id, *speech_end_ms, &text, ctx)
+                .await;
+        }
+        ctx.send(frame).await;
+        Ok(())
+    }
+}

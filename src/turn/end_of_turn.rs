@@ -1,0 +1,114 @@
+//! End-of-turn scoring with the frozen LLM: how likely the user has finished,
+//! read from the model's own probability that the user message ends here:
+//! `<|im_end|>` right after the text in the chat template, or after a full
+//! stop, question or exclamation mark that the model would put there first.
+//!
+//! The scorer keeps its own KV cache: the system prompt (and the assistant's
+//! last words, which change once per turn) stay cached, so a pause costs a
+//! prefill of just the user's words.
+
+use anyhow::{Context, Result};
+
+use crate::llm::local::{LocalModel, LocalSession};
+use crate::llm::{ChatMessage, Role};
+
+/// Scores pauses of one session.
+pub struct EndOfTurnScorer {
+    session: LocalSession,
+    end_of_turn: u32,
+    /// The tokens of ".", "?" and "!" (each a single token).
+    sentence_ends: Vec<u32>,
+}
+
+impl EndOfTurnScorer {
+    pub fn new(model: &LocalModel) -> Result<Self> {
+        let mut sentence_ends = Vec::new();
+        for mark in [".", "?", "!"] {
+            if let [token] = model.tokenize(mark)?.as_slice() {
+                sentence_ends.push(*token);
+            }
+        }
+        Ok(EndOfTurnScorer {
+            session: model.session(),
+            end_of_turn: model.end_of_turn_token(),
+            sentence_ends,
+        })
+    }
+
+    /// The probability (0..=1) that the user's message is complete after
+    /// `user_text`, given what the assistant said last (context: "What is
+    /// your name?" makes "John" a whole answer). Blocks for one prefill.
+    pub fn score(&mut self, assistant_before: Option<&str>, user_text: &str) -> Result<f32> {
+        let text = for_scoring(user_text);
+        if text.is_empty() {
+            return Ok(0.0);
+        }
+        let mut messages = Vec::new();
+        if let Some(said) = assistant_before.filter(|s| !s.trim().is_empty()) {
+            messages.push(ChatMessage::new(Role::Assistant, said));
+        }
+        messages.push(ChatMessage::new(Role::User, text));
+        let model = self.session.model();
+        let mut tokens = model.prompt_tokens(&messages)?;
+        // Cut the rendered prompt right after the user's words: before the
+        // `<|im_end|>` that closes the user message.
+        let close = tokens
+            .iter()
+            .rposition(|&t| t == self.end_of_turn)
+            .context("the chat template has no end-of-turn token")?;
+        tokens.truncate(close);
+        let logits = self.session.next_token_logits(&tokens)?;
+        let mut p_end = probability_of(&logits, self.end_of_turn as usize);
+        // A finished sentence usually ends with a full stop, question or
+        // exclamation mark first: add the paths through each of them.
+        for &mark in &self.sentence_ends {
+            let p_mark = probability_of(&logits, mark as usize);
+            if p_mark < 0.01 {
+                continue;
+            }
+            tokens.push(mark);
+            let after = self.session.next_token_logits(&tokens)?;
+            tokens.pop();
+            p_end += p_mark * probability_of(&after, self.end_of_turn as usize);
+        }
+        Ok(p_end.clamp(0.0, 1.0))
+    }
+}
+
+/// The transcript as the scorer reads it: trimmed. The recognizer's
+/// closing punctuation stays: whisper hears the falling or rising voice at
+/// the end and writes it as a full stop, a question mark or a comma.
+fn for_scoring(text: &str) -> String {
+    text.trim().to_string()
+}
+
+/// Softmax probability of `index` among `logits`.
+fn probability_of(logits: &[f32], index: usize) -> f32 {
+    let Some(&target) = logits.get(index) else {
+        return 0.0;
+    };
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    if sum <= 0.0 || !sum.is_finite() {
+        return 0.0;
+    }
+    (target - max).exp() / sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probability_is_a_softmax_entry() {
+        let p = probability_of(&[0.0, 0.0, (2.0f32).ln()], 2);
+        assert!((p - 0.5).abs() < 1e-6);
+        assert_eq!(probability_of(&[1.0], 3), 0.0);
+    }
+
+    #[test]
+    fn the_words_are_trimmed_and_keep_their_punctuation() {
+        assert_eq!(for_scoring(" I want a table for, "), "I want a table for,");
+        assert_eq!(for_scoring("Is it open?"), "Is it open?");
+    }
+}
