@@ -217,6 +217,28 @@ pub fn random_weights(
     Ok(out)
 }
 
+/// Makes random weights "talk": matrices scaled by 4, so the output follows
+/// the speech rather than the features' large mean (at gain 1 a random
+/// model emits one token for a whole clip), and the CTC blank disabled, so
+/// every change of class is a token. For tests of streaming structure.
+pub fn make_talkative(weights: &mut HashMap<String, Tensor>, ctc_prefix: &str) -> Result<()> {
+    for (name, w) in weights.iter_mut() {
+        if w.rank() >= 2 && !name.contains("pos_bias") {
+            *w = (&*w * 4.0)?;
+        }
+    }
+    let name = format!("{ctc_prefix}.decoder_layers.0.bias");
+    let bias = weights
+        .get_mut(&name)
+        .with_context(|| format!("no {name}"))?;
+    let mut values = bias.to_vec1::<f32>()?;
+    if let Some(blank) = values.last_mut() {
+        *blank = -1e3;
+    }
+    *bias = Tensor::new(values, &Device::Cpu)?;
+    Ok(())
+}
+
 struct Linear {
     /// `in x out`, contiguous.
     wt: Tensor,

@@ -260,18 +260,46 @@ pub struct ConformerAsr {
     ctx: AttContext,
     stream: Stream,
     abort: Arc<AtomicBool>,
+    /// Where the encoder's kernels run (`threads` workers).
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// A thread pool of `threads` workers for encoder passes.
+pub fn thread_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    Ok(Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("conformer-{i}"))
+            .build()
+            .context("starting the Conformer thread pool")?,
+    ))
 }
 
 impl ConformerAsr {
     /// A recognizer with the look-ahead of `ctx` (see
-    /// [`ConformerModel::context`]).
+    /// [`ConformerModel::context`]), on candle's global pool.
     pub fn new(model: Arc<ConformerModel>, ctx: AttContext) -> Result<ConformerAsr> {
         Ok(ConformerAsr {
             stream: Stream::new(&model)?,
             model,
             ctx,
             abort: Arc::new(AtomicBool::new(false)),
+            pool: None,
         })
+    }
+
+    /// Runs encoder passes on `pool` (its size bounds the threads a pass
+    /// uses).
+    pub fn with_pool(mut self, pool: Arc<rayon::ThreadPool>) -> ConformerAsr {
+        self.pool = Some(pool);
+        self
+    }
+
+    fn run<T: Send>(&mut self, f: impl FnOnce(&mut Self) -> T + Send) -> T {
+        match self.pool.clone() {
+            Some(pool) => pool.install(|| f(self)),
+            None => f(self),
+        }
     }
 
     /// Encoder frames run in the current utterance.
@@ -281,31 +309,42 @@ impl ConformerAsr {
 }
 
 impl StreamingAsr for ConformerAsr {
+    /// The words of every chunk so far except the last, which the next
+    /// chunk may still extend (a piece without a word-start mark): what is
+    /// returned only ever grows.
     fn partial(&mut self, new_audio: &[f32]) -> Result<String> {
-        self.stream
-            .push(&self.model, self.ctx, new_audio, Some(&self.abort))?;
-        Ok(self.stream.text(&self.model))
+        self.run(|me| {
+            me.stream
+                .push(&me.model, me.ctx, new_audio, Some(&me.abort))?;
+            let text = me.stream.text(&me.model);
+            Ok(match text.rsplit_once(' ') {
+                Some((complete, _)) => complete.to_string(),
+                None => String::new(),
+            })
+        })
     }
 
     fn finalize(&mut self, new_audio: &[f32]) -> Result<String> {
-        let result = (|| {
-            self.stream.push(&self.model, self.ctx, new_audio, None)?;
-            self.stream.finish(&self.model, self.ctx)?;
-            Ok(self.stream.text(&self.model))
-        })();
+        let result = self.run(|me| {
+            me.stream.push(&me.model, me.ctx, new_audio, None)?;
+            me.stream.finish(&me.model, me.ctx)?;
+            Ok(me.stream.text(&me.model))
+        });
         self.reset();
         result
     }
 
     fn speculate(&mut self, new_audio: &[f32]) -> Result<String> {
-        self.stream
-            .push(&self.model, self.ctx, new_audio, Some(&self.abort))?;
-        if self.abort.load(Ordering::SeqCst) {
-            return Ok(self.stream.text(&self.model));
-        }
-        let mut ahead = self.stream.clone();
-        ahead.finish(&self.model, self.ctx)?;
-        Ok(ahead.text(&self.model))
+        self.run(|me| {
+            me.stream
+                .push(&me.model, me.ctx, new_audio, Some(&me.abort))?;
+            if me.abort.load(Ordering::SeqCst) {
+                return Ok(me.stream.text(&me.model));
+            }
+            let mut ahead = me.stream.clone();
+            ahead.finish(&me.model, me.ctx)?;
+            Ok(ahead.text(&me.model))
+        })
     }
 
     fn reset(&mut self) {

@@ -289,10 +289,11 @@ pub fn write(
     Ok(())
 }
 
-/// Pieces of a small made-up vocabulary (for generated test models).
+/// Pieces of a small made-up vocabulary (for generated test models):
+/// mostly word starts, so a random model's output reads as many words.
 pub fn toy_pieces() -> Vec<&'static str> {
     vec![
         "<unk>", "▁the", "▁a", "▁to", "▁of", "▁and", "▁in", "▁sun", "▁road", "▁ka", "▁mo", "▁ri",
-        "ta", "ne", "so", "lu", "ver", "ing", "ed", "s",
+        "▁ta", "▁ne", "▁so", "▁lu", "▁ver", "ing", "ed", "s",
     ]
 }
