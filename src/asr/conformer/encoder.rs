@@ -612,7 +612,7 @@ impl Encoder {
         cache: &EncoderCache,
     ) -> Result<(Tensor, EncoderCache)> {
         let t = x.dims()[0];
-        if t > ctx.chunk() || cache.frames_done % ctx.chunk() != 0 {
+        if t > ctx.chunk() || !cache.frames_done.is_multiple_of(ctx.chunk()) {
             bail!(
                 "a chunk of {t} frames at frame {} does not fit chunks of {}",
                 cache.frames_done,

@@ -218,6 +218,23 @@ fn a_written_nemo_loads_and_runs() {
     asr.partial(audio).unwrap();
     assert!(asr.frames_encoded() > 0);
 
+    // Older .nemo files are gzipped tars.
+    let gz_path = dir.join("tiny-gz.nemo");
+    {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz_path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(&std::fs::read(&path).unwrap()).unwrap();
+        gz.finish().unwrap();
+    }
+    let from_gz = nemo::load(&gz_path).unwrap();
+    assert_eq!(
+        max_abs_diff(&from_gz.encode_offline(audio, ctx).unwrap(), &b),
+        0.0
+    );
+
     // A checkpoint missing a tensor names it.
     let mut missing = random_weights(&config.encoder, "decoder", pieces.len(), 5).unwrap();
     missing.remove("encoder.layers.1.self_attn.linear_pos.weight");

@@ -34,9 +34,12 @@ fn varint(data: &[u8], at: &mut usize) -> Result<u64> {
     bail!("varint too long")
 }
 
-/// Walks the fields of one protobuf message: (field number, wire type,
-/// payload for length-delimited fields, value for varints).
-fn fields(data: &[u8]) -> Result<Vec<(u64, u8, &[u8], u64)>> {
+/// One protobuf field: number, wire type, payload (length-delimited and
+/// fixed fields), value (varints).
+type Field<'a> = (u64, u8, &'a [u8], u64);
+
+/// Walks the fields of one protobuf message.
+fn fields(data: &[u8]) -> Result<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < data.len() {
