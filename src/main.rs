@@ -118,6 +118,20 @@ enum BenchCommand {
         #[arg(long, default_value = "pipelines/asr.toml")]
         pipeline: PathBuf,
     },
+    /// The cache-aware streaming Conformer (FastConformer-Large shape,
+    /// random weights): encoder ms per chunk and real-time factor for each
+    /// look-ahead, against re-encoding the growing utterance at every chunk.
+    Conformer {
+        /// Seconds of audio.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Look-aheads in encoder frames, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [0usize, 1, 6, 13])]
+        lookaheads: Vec<usize>,
+        /// Threads (1 measures one core).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Voice-to-voice latency over the Realtime API socket (end of user
     /// speech sent -> first answer audio received; median, p95) on the ten
     /// pocketsphinx-testdata clips, against the same pipeline in-process;
@@ -277,6 +291,23 @@ async fn dispatch(command: Command) -> Result<()> {
                 let resources = Resources::new(ModelStore::from_env());
                 let report = duplex::bench::asr::run(&resources, &pipeline).await?;
                 duplex::bench::asr::print(&report);
+                Ok(())
+            }
+            BenchCommand::Conformer {
+                seconds,
+                lookaheads,
+                threads,
+            } => {
+                let options = duplex::bench::conformer::BenchOptions {
+                    seconds,
+                    lookaheads,
+                    threads,
+                };
+                let report =
+                    tokio::task::spawn_blocking(move || duplex::bench::conformer::run(&options))
+                        .await
+                        .context("Conformer benchmark thread")??;
+                duplex::bench::conformer::print(&report);
                 Ok(())
             }
             BenchCommand::Voice {

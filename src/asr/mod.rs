@@ -10,6 +10,7 @@
 
 pub mod actor;
 pub mod agreement;
+pub mod conformer;
 pub mod wer;
 pub mod whisper;
 

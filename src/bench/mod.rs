@@ -4,6 +4,9 @@
 //! - [`graph`]: the actor runtime against bare tokio channels;
 //! - [`asr`]: streaming Whisper (first partial, final after end of speech,
 //!   real-time factor) against whisper.cpp's full 30 s window;
+//! - [`conformer`]: the cache-aware streaming Conformer's encoder per chunk
+//!   and real-time factor per look-ahead, against re-encoding the growing
+//!   utterance;
 //! - [`llm`]: the local LLM engine against llama.cpp on the same GGUF;
 //! - [`tts`]: clause to first audio, phonemizer, TTS real-time factor,
 //!   avatar render, the voice turn's waterfall;
@@ -11,6 +14,7 @@
 //!   the same pipeline in-process, and concurrent real-time sessions.
 
 pub mod asr;
+pub mod conformer;
 pub mod graph;
 pub mod llm;
 pub mod tts;

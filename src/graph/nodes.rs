@@ -6,9 +6,10 @@
 //! share with each other (what the user has heard, the latency waterfall)
 //! lives in [`SessionShared`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,6 +19,8 @@ use serde::Deserialize;
 use super::actor::{Actor, Ctx};
 use super::frame::{AudioChunk, DataFrame, Payload};
 use crate::asr::actor::AsrActor;
+use crate::asr::conformer::encoder::AttContext;
+use crate::asr::conformer::{ConformerAsr, ConformerModel};
 use crate::asr::whisper::{DecodeOptions, WhisperModel, WhisperSession};
 use crate::asr::{Redecode, UtteranceRecognizer};
 use crate::audio::StreamResampler;
@@ -49,6 +52,8 @@ pub enum NodeKind {
     SileroVad(VadParams),
     /// Streaming Whisper (tiny.en by default): live partials and finals.
     Whisper(WhisperParams),
+    /// The cache-aware streaming Conformer from a user's NeMo `.nemo`.
+    Conformer(ConformerParams),
     /// The orchestrator around the LLM: routing, memory, barge-in, clauses.
     Controller(ControllerParams),
     /// Piper text-to-speech, clause by clause.
@@ -101,6 +106,52 @@ pub struct WhisperParams {
     pub model: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConformerParams {
+    /// A NeMo cache-aware streaming FastConformer checkpoint (`.nemo`)
+    /// with a CTC head.
+    pub model: PathBuf,
+    /// Look-ahead in encoder frames of 80 ms (e.g. 0, 1, 6 or 13): picks
+    /// the model's `att_context_size` with that right context.
+    #[serde(default)]
+    pub lookahead: Option<usize>,
+    /// Or the `[left, right]` attention context itself.
+    #[serde(default)]
+    pub att_context_size: Option<[usize; 2]>,
+    /// CPU threads per encoder pass.
+    #[serde(default = "default_asr_threads")]
+    pub threads: usize,
+    /// Feed new audio to the encoder this often (ms of audio); chunks run
+    /// as soon as they are complete.
+    #[serde(default = "default_conformer_interval_ms")]
+    pub partial_interval_ms: u64,
+}
+
+fn default_conformer_interval_ms() -> u64 {
+    80
+}
+
+impl ConformerParams {
+    fn context(&self, model: &ConformerModel) -> Result<AttContext> {
+        match (self.lookahead, self.att_context_size) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("conformer: give lookahead or att_context_size, not both")
+            }
+            (None, Some(pair)) => {
+                if !model.config.encoder.att_context_sizes.contains(&pair) {
+                    anyhow::bail!(
+                        "conformer: att_context_size {pair:?} is not one of the model's {:?}",
+                        model.config.encoder.att_context_sizes
+                    );
+                }
+                Ok(AttContext::new(pair))
+            }
+            (lookahead, None) => model.context(lookahead),
+        }
+    }
+}
+
 fn default_partial_interval_ms() -> u64 {
     300
 }
@@ -134,6 +185,7 @@ pub struct Resources {
     pub store: ModelStore,
     silero: OnceLock<Arc<SileroModel>>,
     whisper: OnceLock<Arc<WhisperModel>>,
+    conformers: Mutex<HashMap<PathBuf, Arc<ConformerModel>>>,
     local_llm: OnceLock<LocalModel>,
     voice: OnceLock<Arc<PiperVoice>>,
     embedder: OnceLock<Arc<Embedder>>,
@@ -154,6 +206,7 @@ impl Resources {
             store,
             silero: OnceLock::new(),
             whisper: OnceLock::new(),
+            conformers: Mutex::new(HashMap::new()),
             local_llm: OnceLock::new(),
             voice: OnceLock::new(),
             embedder: OnceLock::new(),
@@ -170,6 +223,20 @@ impl Resources {
         once(&self.whisper, || {
             Ok(Arc::new(WhisperModel::load(&self.store)?))
         })
+    }
+
+    /// A `.nemo` Conformer, loaded once per path.
+    pub fn conformer(&self, path: &std::path::Path) -> Result<Arc<ConformerModel>> {
+        let mut models = self
+            .conformers
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the Conformer model cache is poisoned"))?;
+        if let Some(model) = models.get(path) {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(crate::asr::conformer::nemo::load(path)?);
+        models.insert(path.to_path_buf(), model.clone());
+        Ok(model)
     }
 
     pub fn local_llm(&self) -> Result<LocalModel> {
@@ -197,6 +264,10 @@ impl NodeKind {
                 Some(path) => WhisperModel::load_file(path).map(drop),
                 None => resources.whisper().map(drop),
             },
+            NodeKind::Conformer(p) => {
+                let model = resources.conformer(&p.model)?;
+                p.context(&model).map(drop)
+            }
             NodeKind::Controller(p) => {
                 if matches!(p.llm, LlmConfig::Local { model: None }) {
                     resources.local_llm()?;
@@ -238,6 +309,13 @@ impl NodeKind {
                     Box::new(Redecode::new(recognizer)),
                     p.partial_interval_ms,
                 )?)
+            }
+            NodeKind::Conformer(p) => {
+                let model = resources.conformer(&p.model)?;
+                let ctx = p.context(&model)?;
+                let engine = ConformerAsr::new(model, ctx)?
+                    .with_pool(crate::asr::conformer::thread_pool(p.threads)?);
+                Box::new(AsrActor::new(Box::new(engine), p.partial_interval_ms)?)
             }
             NodeKind::Controller(p) => {
                 let llm = build_llm(&p.llm, resources)?;
