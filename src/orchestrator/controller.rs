@@ -49,8 +49,8 @@ const RECALL_RELATIVE_FLOOR: f32 = 0.6;
 
 /// Listener sounds that neither interrupt the bot nor become a turn.
 const BACKCHANNELS: &[&str] = &[
-    "mhm", "mm", "mmm", "hmm", "hm", "uh", "huh", "uhhuh", "um", "ah", "oh", "yeah", "yep", "yes",
-    "right", "okay", "ok", "sure", "i", "see",
+    "mhm", "mmhmm", "mhmm", "mmhm", "mm", "mmm", "hmm", "hm", "uh", "huh", "uhhuh", "um", "ah",
+    "oh", "yeah", "yep", "yes", "right", "okay", "ok", "sure", "i", "see",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1091,5 +1091,20 @@ impl Actor for Controller {
             );
         }
         self.settle(ctx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_backchannel;
+
+    #[test]
+    fn listener_sounds_are_backchannels_however_written() {
+        for word in ["Mhm.", "Mm-hmm.", "uh-huh", "Yeah,", "OK", "..."] {
+            assert!(is_backchannel(word), "{word}");
+        }
+        for word in ["stop", "wait", "no", "Paris"] {
+            assert!(!is_backchannel(word), "{word}");
+        }
     }
 }
