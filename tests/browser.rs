@@ -359,7 +359,7 @@ fn retime(page: &Value, before: &Calibration) -> Calibration {
     let first = stats["soundStartCtx"]
         .as_object()
         .and_then(|o| o.iter().min_by(|a, b| f(a.1).total_cmp(&f(b.1))));
-    let (Some(&question), Some((item, &ref start))) = (onsets.first(), first) else {
+    let (Some(&question), Some((item, start))) = (onsets.first(), first) else {
         // No answer played at all: guess later.
         return Calibration {
             answer_after_onset_ms: before.answer_after_onset_ms + 2000.0,

@@ -146,14 +146,9 @@ fn turns_follow_their_scores(name: &str, events: &[Event]) -> Vec<String> {
     }
     for (speech_end, commit) in turns(events) {
         // The last score of this pause before the commit rules.
-        let Some(last) = scored
-            .iter()
-            .filter(|e| {
-                e["speech_end_ms"].as_u64() == Some(speech_end)
-                    && e["t_ms"].as_u64().unwrap() <= commit
-            })
-            .last()
-        else {
+        let Some(last) = scored.iter().rfind(|e| {
+            e["speech_end_ms"].as_u64() == Some(speech_end) && e["t_ms"].as_u64().unwrap() <= commit
+        }) else {
             wrong.push(format!(
                 "{name}: the pause at {speech_end} ms was never scored"
             ));
