@@ -68,6 +68,8 @@ struct Utterance {
     speculation: Option<(u64, String)>,
     /// The last partial pass's whole hypothesis (for the turn detector).
     guess: String,
+    /// The VAD waits for an end-of-turn score of the current pause.
+    wants_score: bool,
 }
 
 pub struct AsrActor {
@@ -145,6 +147,7 @@ impl AsrActor {
             pause_at: None,
             speculation: None,
             guess: String::new(),
+            wants_score: false,
         });
     }
 
@@ -197,8 +200,11 @@ impl AsrActor {
         }
         if let PassKind::Speculative { speech_end_ms } = kind {
             u.speculation = Some((speech_end_ms, text.clone()));
-            let item_id = u.item_id.clone();
-            send_pause_transcript(ctx, ms(self.clock), item_id, speech_end_ms, text.clone()).await;
+            if u.wants_score {
+                let item_id = u.item_id.clone();
+                send_pause_transcript(ctx, ms(self.clock), item_id, speech_end_ms, text.clone())
+                    .await;
+            }
         }
         let fresh = u.agreement.update(&text);
         if fresh.is_empty() {
@@ -414,12 +420,17 @@ impl Actor for AsrActor {
             SystemKind::SpeechPaused {
                 audio_end_ms,
                 speech_end_ms,
+                wants_score,
                 ..
             } => {
                 if let Some(u) = &mut self.utterance {
                     u.pause_at = Some((samples(*audio_end_ms), *speech_end_ms));
-                    let (item_id, text) = (u.item_id.clone(), u.guess.clone());
-                    send_pause_transcript(ctx, *audio_end_ms, item_id, *speech_end_ms, text).await;
+                    u.wants_score = *wants_score;
+                    if u.wants_score {
+                        let (item_id, text) = (u.item_id.clone(), u.guess.clone());
+                        send_pause_transcript(ctx, *audio_end_ms, item_id, *speech_end_ms, text)
+                            .await;
+                    }
                 }
                 self.maybe_speculate(ctx).await?;
             }
@@ -497,14 +508,18 @@ mod tests {
     const SAMPLES_PER_MS: usize = 16;
 
     /// Drives one utterance: speech from 0, a pause reported at 1000 ms
-    /// (speech ended at 800), the stop at 1500 ms with `stop_speech_end`.
-    /// Returns the final transcript and the recognizer's calls.
-    async fn utterance(stop_speech_end: u64) -> (String, Vec<(usize, bool)>) {
+    /// (speech ended at 800, `wants_score` as given), the stop at 1500 ms
+    /// with `stop_speech_end`. Returns the final transcript, the
+    /// recognizer's calls and the pause transcripts sent downstream.
+    async fn utterance(
+        stop_speech_end: u64,
+        wants_score: bool,
+    ) -> (String, Vec<(usize, bool)>, Vec<String>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let engine = Redecode::new(Counting(calls.clone()));
         let mut actor = AsrActor::new(Box::new(engine), 300).unwrap();
         let (events, mut rx) = EventSink::new();
-        let (out, _inbox) = mailbox();
+        let (out, mut inbox) = mailbox();
         let ctx = Ctx::new("asr", vec![out], events, SessionLink::new());
         let link = SessionLink::new();
         let system = |t_ms, kind| link.frame(t_ms, kind);
@@ -528,6 +543,7 @@ mod tests {
                     item_id: item_id.clone(),
                     audio_end_ms: 1000,
                     speech_end_ms: 800,
+                    wants_score,
                 };
                 actor.on_system(&system(t, kind), &ctx).await.unwrap();
             }
@@ -552,12 +568,30 @@ mod tests {
             }
         }
         let calls = calls.lock().unwrap().clone();
-        (transcript.expect("a final transcript"), calls)
+        let mut pauses = Vec::new();
+        let wait = std::time::Duration::from_millis(20);
+        while let Ok(next) = tokio::time::timeout(wait, inbox.next()).await {
+            if let crate::graph::actor::Next::Data(DataFrame {
+                payload:
+                    Payload::PauseTranscript {
+                        speech_end_ms,
+                        text,
+                        ..
+                    },
+                ..
+            }) = next
+            {
+                assert_eq!(speech_end_ms, 800);
+                pauses.push(text);
+            }
+        }
+        (transcript.expect("a final transcript"), calls, pauses)
     }
 
     #[tokio::test]
     async fn a_pause_that_ends_the_turn_makes_the_final_ready_early() {
-        let (transcript, calls) = utterance(800).await;
+        let (transcript, calls, pauses) = utterance(800, false).await;
+        assert!(pauses.is_empty(), "server VAD scores no pause: {pauses:?}");
         let finals: Vec<_> = calls.iter().filter(|(_, f)| *f).collect();
         assert_eq!(
             finals.len(),
@@ -575,9 +609,19 @@ mod tests {
     #[tokio::test]
     async fn speech_after_the_pause_discards_the_speculation() {
         // The turn ended later than the paused speech: decode it all again.
-        let (transcript, calls) = utterance(1200).await;
+        let (transcript, calls, _) = utterance(1200, false).await;
         let finals: Vec<_> = calls.iter().filter(|(_, f)| *f).collect();
         assert_eq!(finals.len(), 2, "speculative + real final: {calls:?}");
         assert_eq!(transcript, format!("{} final", 1500 * SAMPLES_PER_MS));
+    }
+
+    #[tokio::test]
+    async fn a_pause_semantic_vad_scores_gets_the_latest_guess_then_the_speculation() {
+        let (_, _, pauses) = utterance(800, true).await;
+        // The last partial pass's words at once, then the speculative final
+        // (which covered the audio up to the pause).
+        assert_eq!(pauses.len(), 2, "{pauses:?}");
+        assert!(!pauses[0].ends_with("final"), "{pauses:?}");
+        assert_eq!(pauses[1], format!("{} final", 1000 * SAMPLES_PER_MS));
     }
 }

@@ -306,6 +306,7 @@ impl VadActor {
                         item_id: self.item_id(),
                         audio_end_ms: ms(chunk_end),
                         speech_end_ms: ms(from),
+                        wants_score: self.params.semantic().is_some(),
                     },
                 );
             }

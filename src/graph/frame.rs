@@ -62,6 +62,9 @@ pub enum SystemKind {
         item_id: String,
         audio_end_ms: u64,
         speech_end_ms: u64,
+        /// Semantic VAD waits for an end-of-turn score of this pause: the
+        /// recognizer sends what it heard (`PauseTranscript`).
+        wants_score: bool,
     },
     /// How likely the user has finished, scored on the words heard up to a
     /// pause that began at `speech_end_ms` (semantic VAD). Sent to every
