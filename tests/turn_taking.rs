@@ -7,10 +7,10 @@
 //! quietest 80 ms between words in the middle of the sentence). Streamed at
 //! real-time pace, as a microphone would.
 //!
-//! Asserted: every pause of a turn is scored, the window follows the score
-//! through the eagerness, and the VAD ends the turn exactly when both the
-//! window has passed and a score is known (never sooner, and no later than
-//! one VAD step after). Printed side by side with server VAD: the delay from
+//! Asserted: the window follows the score through the eagerness, and the
+//! VAD ends each turn exactly when both the window has passed and a score is
+//! known (never sooner, and no later than one VAD step after); a pause not
+//! scored in time waits the eagerness' fallback. Printed side by side with server VAD: the delay from
 //! speech end to commit on complete utterances, and whether a mid-sentence
 //! pause ended the turn (how good the 135M model's judgement is; the
 //! targets are tracked in the notes, not asserted here).
@@ -149,9 +149,13 @@ fn turns_follow_their_scores(name: &str, events: &[Event]) -> Vec<String> {
         let Some(last) = scored.iter().rfind(|e| {
             e["speech_end_ms"].as_u64() == Some(speech_end) && e["t_ms"].as_u64().unwrap() <= commit
         }) else {
-            wrong.push(format!(
-                "{name}: the pause at {speech_end} ms was never scored"
-            ));
+            // Not scored in time (a busy machine): the fallback window rules.
+            let fallback = Eagerness::Auto.fallback_ms();
+            if commit < speech_end + fallback {
+                wrong.push(format!(
+                    "{name}: the unscored pause at {speech_end} ms ended at {commit} ms, before the {fallback} ms fallback"
+                ));
+            }
             continue;
         };
         let window = last["window_ms"].as_u64().unwrap();
