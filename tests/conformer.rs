@@ -57,6 +57,15 @@ fn of_type<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
 
+/// The words of text field `field` of `events`, in order.
+fn words(events: &[&Event], field: &str) -> Vec<String> {
+    events
+        .iter()
+        .flat_map(|e| e[field].as_str().unwrap().split_whitespace())
+        .map(String::from)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partials_arrive_per_chunk_during_speech() {
     let dir = common::TempDir::new("conformer");
@@ -100,32 +109,12 @@ async fn partials_arrive_per_chunk_during_speech() {
             "look-ahead {lookahead}: speech {start_ms}-{stop_ms} ms, {} deltas during speech at {times:?}",
             during.len()
         );
-        let committed: Vec<String> = deltas
-            .iter()
-            .flat_map(|e| {
-                e["delta"]
-                    .as_str()
-                    .unwrap()
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let committed = words(&deltas, "delta");
         let completed = of_type(
             &events,
             "conversation.item.input_audio_transcription.completed",
         );
-        let final_words: Vec<String> = completed
-            .iter()
-            .flat_map(|e| {
-                e["transcript"]
-                    .as_str()
-                    .unwrap()
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let final_words = words(&completed, "transcript");
         assert!(
             final_words.len() >= committed.len() && final_words[..committed.len()] == committed[..],
             "committed partials {committed:?} are not the start of the final {final_words:?}"
