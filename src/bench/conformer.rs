@@ -70,16 +70,16 @@ pub struct Report {
     pub results: Vec<LookaheadResult>,
 }
 
-/// A 150-450 Hz chirp with noise.
-fn test_audio(seconds: f64) -> Vec<f32> {
-    let n = (seconds * 16_000.0) as usize;
-    let mut state = 7u32;
+/// `n` samples at 16 kHz of a chirp rising from 150 Hz by `sweep` Hz a
+/// second, with a little noise (`seed`): speech-like energy in every band.
+pub fn chirp(n: usize, sweep: f32, seed: u32) -> Vec<f32> {
+    let mut state = seed;
     (0..n)
         .map(|i| {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let noise = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
             let t = i as f32 / 16_000.0;
-            0.3 * (2.0 * std::f32::consts::PI * (150.0 + 30.0 * t) * t).sin() + 0.05 * noise
+            0.3 * (2.0 * std::f32::consts::PI * (150.0 + sweep * t) * t).sin() + 0.05 * noise
         })
         .collect()
 }
@@ -107,7 +107,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
     )?);
     drop(piece_refs);
     let pool = thread_pool(options.threads)?;
-    let audio = test_audio(options.seconds);
+    let audio = chirp((options.seconds * 16_000.0) as usize, 30.0, 7);
     let mut results = Vec::new();
     for &lookahead in &options.lookaheads {
         let ctx = model

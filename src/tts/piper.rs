@@ -357,9 +357,10 @@ impl PiperVoice {
         if !has_phonemes(ipa) {
             return Ok(Vec::new());
         }
+        let ids = self.phoneme_ids(ipa);
         match self.quick.as_ref().and_then(|quick| quick.try_lock().ok()) {
-            Some(mut session) => self.run(&mut session, &self.phoneme_ids(ipa), speed),
-            None => self.synthesize(ipa, speed),
+            Some(mut session) => self.run(&mut session, &ids, speed),
+            None => self.synthesize_ids(&ids, speed),
         }
     }
 

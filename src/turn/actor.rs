@@ -50,7 +50,7 @@ impl TurnActor {
         let words = text.to_string();
         let started = Instant::now();
         let (scorer, score) = tokio::task::spawn_blocking(move || {
-            let score = scorer.score(None, &words);
+            let score = scorer.score(&words);
             (scorer, score)
         })
         .await

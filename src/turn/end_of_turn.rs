@@ -3,9 +3,8 @@
 //! `<|im_end|>` right after the text in the chat template, or after a full
 //! stop, question or exclamation mark that the model would put there first.
 //!
-//! The scorer keeps its own KV cache: the system prompt (and the assistant's
-//! last words, which change once per turn) stay cached, so a pause costs a
-//! prefill of just the user's words.
+//! The scorer keeps its own KV cache: the system prompt stays cached, so a
+//! pause costs a prefill of just the user's words.
 
 use anyhow::{Context, Result};
 
@@ -36,20 +35,14 @@ impl EndOfTurnScorer {
     }
 
     /// The probability (0..=1) that the user's message is complete after
-    /// `user_text`, given what the assistant said last (context: "What is
-    /// your name?" makes "John" a whole answer). Blocks for one prefill.
-    pub fn score(&mut self, assistant_before: Option<&str>, user_text: &str) -> Result<f32> {
+    /// `user_text`. Blocks for one prefill of the words.
+    pub fn score(&mut self, user_text: &str) -> Result<f32> {
         let text = for_scoring(user_text);
         if text.is_empty() {
             return Ok(0.0);
         }
-        let mut messages = Vec::new();
-        if let Some(said) = assistant_before.filter(|s| !s.trim().is_empty()) {
-            messages.push(ChatMessage::new(Role::Assistant, said));
-        }
-        messages.push(ChatMessage::new(Role::User, text));
         let model = self.session.model();
-        let mut tokens = model.prompt_tokens(&messages)?;
+        let mut tokens = model.prompt_tokens(&[ChatMessage::new(Role::User, text)])?;
         // Cut the rendered prompt right after the user's words: before the
         // `<|im_end|>` that closes the user message.
         let close = tokens

@@ -27,15 +27,7 @@ fn model(encoder: EncoderConfig, seed: u64) -> ConformerModel {
 
 /// 6.4 s of a chirp with noise: speech-like energy in every band.
 fn audio() -> Vec<f32> {
-    let mut state = 12345u32;
-    (0..102_400)
-        .map(|i| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            let noise = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-            let t = i as f32 / 16_000.0;
-            0.3 * (2.0 * std::f32::consts::PI * (150.0 + 400.0 * t) * t).sin() + 0.05 * noise
-        })
-        .collect()
+    crate::bench::conformer::chirp(102_400, 400.0, 12345)
 }
 
 /// Streams `audio` in uneven pieces and returns the encoder output of every
