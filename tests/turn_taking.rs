@@ -177,7 +177,7 @@ fn median(mut v: Vec<u64>) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn semantic_vad_waits_through_mid_sentence_pauses_and_ends_complete_turns_sooner() {
+async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
     let (semantic, server) = (pipeline(SEMANTIC), pipeline(SERVER));
     let resources = common::resources();
     let mut failures = Vec::new();
