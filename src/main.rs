@@ -68,6 +68,14 @@ enum Command {
         /// Size of each input frame in ms.
         #[arg(long, default_value_t = 20)]
         chunk_ms: u32,
+        /// Camera frames to send with the audio (for a pipeline with a
+        /// `vision` node): an image file (a still camera) or a folder of
+        /// JPEG/PNG files, one frame each, in name order.
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// Camera frames per second for --video.
+        #[arg(long, default_value_t = 2.0)]
+        video_fps: f64,
     },
     /// Install or inspect the pinned model packages.
     Models {
@@ -246,6 +254,8 @@ async fn dispatch(command: Command) -> Result<()> {
             avatar_out,
             realtime,
             chunk_ms,
+            video,
+            video_fps,
         } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let resources = Resources::new(ModelStore::from_env());
@@ -261,6 +271,7 @@ async fn dispatch(command: Command) -> Result<()> {
                     events: events.as_deref(),
                     wav: output_wav.as_ref().map(|(p, r)| (p.as_path(), *r)),
                     avatar_dir: avatar_out.as_deref(),
+                    video: video.as_deref().map(|p| (p, video_fps)),
                 }, pace) => {
                     let events = result?;
                     tracing::info!(events = events.len(), "done");

@@ -1,6 +1,7 @@
-//! The headless runner: streams an audio file through a pipeline, as fast as
-//! possible or at real-time pace, and collects every event the session emits
-//! (exactly what a socket client would see).
+//! The headless runner: streams an audio file (and, optionally, camera frames
+//! from image files) through a pipeline, as fast as possible or at real-time
+//! pace, and collects every event the session emits (exactly what a socket
+//! client would see).
 
 use std::io::Write;
 use std::path::Path;
@@ -33,12 +34,28 @@ impl Default for Pace {
     }
 }
 
+/// Camera frames (encoded JPEG or PNG), each with the session time in ms
+/// at which it is shown, in time order.
+pub type VideoFrames = Vec<(u64, Arc<[u8]>)>;
+
 /// Streams `pcm` through a new session of `pipeline` and returns its events.
 /// `on_event` sees each event as it arrives (the CLI writes it out).
 pub async fn run_pcm(
     pipeline: &Pipeline,
     resources: &Arc<Resources>,
     pcm: &Pcm,
+    pace: Pace,
+    on_event: impl FnMut(&Event) -> Result<()>,
+) -> Result<Vec<Event>> {
+    run_av(pipeline, resources, pcm, Vec::new(), pace, on_event).await
+}
+
+/// [`run_pcm`] with camera frames interleaved with the audio by time.
+pub async fn run_av(
+    pipeline: &Pipeline,
+    resources: &Arc<Resources>,
+    pcm: &Pcm,
+    video: VideoFrames,
     pace: Pace,
     mut on_event: impl FnMut(&Event) -> Result<()>,
 ) -> Result<Vec<Event>> {
@@ -50,15 +67,22 @@ pub async fn run_pcm(
     let samples = pcm.samples.clone();
     let feeder = tokio::spawn(async move {
         let started = Instant::now();
+        let mut video = video.into_iter().peekable();
         for (i, piece) in samples.chunks(chunk).enumerate() {
+            let at = Duration::from_secs_f64((i * chunk) as f64 / rate as f64);
             if pace.realtime {
-                let due = Duration::from_secs_f64((i * chunk) as f64 / rate as f64);
-                tokio::time::sleep_until((started + due).into()).await;
+                tokio::time::sleep_until((started + at).into()).await;
+            }
+            while let Some((t_ms, image)) = video.next_if(|(t, _)| *t <= at.as_millis() as u64) {
+                input.send_data(video_frame(t_ms, image)).await;
             }
             let frame = DataFrame::audio(0, INPUT, AudioChunk::new(piece.to_vec(), rate));
             if !input.send_data(frame).await {
                 break;
             }
+        }
+        for (t_ms, image) in video {
+            input.send_data(video_frame(t_ms, image)).await;
         }
     });
     let mut events = Vec::new();
@@ -69,6 +93,61 @@ pub async fn run_pcm(
     feeder.await.context("input feeder failed")?;
     session.finish().await;
     Ok(events)
+}
+
+fn video_frame(t_ms: u64, image: Arc<[u8]>) -> DataFrame {
+    DataFrame {
+        t_ms,
+        response_id: INPUT,
+        payload: crate::graph::Payload::Video(image),
+    }
+}
+
+/// Camera frames from `path` for `duration_ms` of session: an image file is
+/// a still camera, sent `fps` times a second; a folder holds one frame per
+/// image file (JPEG or PNG), in name order, `fps` a second.
+pub fn load_video(path: &Path, fps: f64, duration_ms: u64) -> Result<VideoFrames> {
+    anyhow::ensure!(
+        fps > 0.0 && fps <= 60.0,
+        "--video-fps must be in (0, 60], got {fps}"
+    );
+    let step_ms = 1000.0 / fps;
+    let read = |p: &Path| -> Result<Arc<[u8]>> {
+        let bytes = std::fs::read(p)
+            .with_context(|| format!("cannot read camera frame {}", p.display()))?;
+        image::guess_format(&bytes)
+            .ok()
+            .filter(|f| matches!(f, image::ImageFormat::Jpeg | image::ImageFormat::Png))
+            .with_context(|| format!("{} is not a JPEG or PNG image", p.display()))?;
+        Ok(bytes.into())
+    };
+    if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")
+                })
+            })
+            .collect();
+        files.sort();
+        anyhow::ensure!(
+            !files.is_empty(),
+            "no JPEG or PNG files in {}",
+            path.display()
+        );
+        return files
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Ok(((i as f64 * step_ms) as u64, read(p)?)))
+            .collect();
+    }
+    let image = read(path)?;
+    let count = (duration_ms as f64 / step_ms).floor() as usize + 1;
+    Ok((0..count)
+        .map(|i| ((i as f64 * step_ms) as u64, image.clone()))
+        .collect())
 }
 
 /// The response audio in `events` (`response.output_audio.delta`), joined.
@@ -111,6 +190,9 @@ pub struct Outputs<'a> {
     pub wav: Option<(&'a Path, u32)>,
     /// The avatar frames as JPEG files.
     pub avatar_dir: Option<&'a Path>,
+    /// Camera frames to send with the audio: an image file or a folder of
+    /// them, and frames per second.
+    pub video: Option<(&'a Path, f64)>,
 }
 
 /// `duplex run`: decode `input`, stream it, write events as JSON lines and,
@@ -138,7 +220,11 @@ pub async fn run_file(
         )),
         None => Box::new(std::io::stdout()),
     };
-    let events = run_pcm(pipeline, resources, &pcm, pace, |event| {
+    let video = match outputs.video {
+        Some((path, fps)) => load_video(path, fps, (pcm.duration_secs() * 1000.0) as u64)?,
+        None => Vec::new(),
+    };
+    let events = run_av(pipeline, resources, &pcm, video, pace, |event| {
         serde_json::to_writer(&mut writer, event)?;
         writer.write_all(b"\n")?;
         Ok(())

@@ -345,3 +345,67 @@ async fn a_declared_function_is_called_and_its_result_answers_the_user() {
         "the answer echoes the raw result: {reply}"
     );
 }
+
+/// What the vision expert makes of frames showing `label` (probability
+/// `p`, centre of the picture) at `t_ms`.
+fn scene_of(
+    expert: &mut duplex::vision::expert::VisionExpert,
+    t_ms: u64,
+    label: &str,
+    p: f32,
+) -> Payload {
+    let analysis = duplex::vision::expert::Analysis {
+        sightings: vec![duplex::vision::expert::Sighting {
+            label: label.into(),
+            confidence: p,
+            x: 0.5,
+            y: 0.5,
+        }],
+    };
+    let observations = expert.observe(t_ms, &analysis);
+    Payload::Scene {
+        scene: std::sync::Arc::new(expert.scene()),
+        observations,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scene_answers_questions_about_the_camera_and_is_remembered() {
+    use duplex::vision::expert::{ExpertSettings, VisionExpert};
+    let dir = TempDir::new("dialogue-vision");
+    let pipeline = text_pipeline(&dir.path().join("memory.sqlite"));
+    let mut dialogue = Dialogue::start(&pipeline);
+    let mut expert = VisionExpert::new(ExpertSettings::default());
+    dialogue
+        .send(scene_of(&mut expert, 1_000, "tabby cat", 0.6))
+        .await;
+    let seen = dialogue.say("What do you see?").await;
+    let context = seen
+        .iter()
+        .find(|e| e["type"] == "duplex.vision.context")
+        .expect("the question is routed to vision");
+    let reply = answer(&seen);
+    println!("vision context: {}\n  -> {reply}", context["text"]);
+    assert!(context["text"].as_str().unwrap().contains("tabby cat"));
+    assert!(reply.to_lowercase().contains("cat"), "{reply}");
+    // Not about the scene: no vision context.
+    let other = dialogue.say("What is the capital of France?").await;
+    assert!(!other.iter().any(|e| e["type"] == "duplex.vision.context"));
+    dialogue.graph.end_input();
+    dialogue.graph.finish().await;
+
+    // A new session without a camera: the observation is in memory.
+    let mut dialogue = Dialogue::start(&pipeline);
+    let before = dialogue
+        .say("What animal did you see on the camera earlier?")
+        .await;
+    let (items, reply) = (recalled(&before), answer(&before));
+    println!("recalled {items:?}\n  -> {reply}");
+    assert!(
+        items
+            .iter()
+            .any(|i| i.contains("Seen on camera: tabby cat")),
+        "{items:?}"
+    );
+    assert!(reply.to_lowercase().contains("cat"), "{reply}");
+}

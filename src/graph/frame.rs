@@ -166,6 +166,12 @@ pub enum Payload {
     /// A camera frame from the client (encoded JPEG or PNG), stamped with
     /// the session clock when it arrived.
     Video(Arc<[u8]>),
+    /// What the camera shows now, and the labels that just came into view
+    /// (vision -> controller).
+    Scene {
+        scene: Arc<crate::vision::expert::Scene>,
+        observations: Vec<crate::vision::expert::Observation>,
+    },
     /// A client's request (session.update, conversation edits, response
     /// create/cancel), in order with the audio around it. Each stage acts
     /// on what concerns it and passes it on.

@@ -202,6 +202,10 @@ pub struct Controller {
     responses_of_items: std::collections::HashMap<String, ResponseId>,
     /// Decisions of the router, for tests and the client.
     pub decisions: Vec<Decision>,
+    /// What the camera shows (from the vision stage), if a camera streams.
+    scene: Option<Arc<crate::vision::expert::Scene>>,
+    /// Session time of the latest frame (for the scene's "for 12 s").
+    now_ms: u64,
 }
 
 fn now_unix_ms() -> i64 {
@@ -248,6 +252,8 @@ impl Controller {
             tool_choice: "auto".into(),
             responses_of_items: Default::default(),
             decisions: Vec::new(),
+            scene: None,
+            now_ms: 0,
         })
     }
 
@@ -455,7 +461,7 @@ impl Controller {
             );
         }
         let best = recalled.as_ref().and_then(|r| r.first().map(|x| x.score));
-        let decision = router::route(text, best, false, &self.tools);
+        let decision = router::route(text, best, self.scene.is_some(), &self.tools);
         ctx.events().emit(
             "duplex.router.decision",
             0,
@@ -469,9 +475,25 @@ impl Controller {
             // This framing made SmolLM2-135M use the memory; "Earlier in
             // our conversations: ..." before the bare question did not.
             context = format!(
-                "Context from memory:\n{}\nQuestion: ",
+                "Context from memory:\n{}\n",
                 format_for_prompt(found, now_unix_ms())
             );
+        }
+        if decision.vision.used
+            && let Some(scene) = &self.scene
+        {
+            let seen = scene.describe(self.now_ms);
+            if !seen.is_empty() {
+                context.push_str(&format!("Camera: {seen}\n"));
+            }
+            ctx.events().emit(
+                "duplex.vision.context",
+                0,
+                json!({"item_id": item_id, "text": seen}),
+            );
+        }
+        if !context.is_empty() {
+            context.push_str("Question: ");
         }
         let tool = decision
             .tool
@@ -1025,6 +1047,7 @@ async fn generate(job: GenerateJob) -> Generated {
 #[async_trait]
 impl Actor for Controller {
     async fn on_data(&mut self, frame: DataFrame, ctx: &Ctx) -> Result<()> {
+        self.now_ms = self.now_ms.max(frame.t_ms);
         match &frame.payload {
             Payload::Transcript {
                 text,
@@ -1053,6 +1076,15 @@ impl Actor for Controller {
             // Camera frames are for vision stages before the controller;
             // none goes on to speech output.
             Payload::Video(_) => {}
+            Payload::Scene {
+                scene,
+                observations,
+            } => {
+                self.scene = Some(scene.clone());
+                for seen in observations {
+                    self.remember(Modality::Vision, &seen.text).await?;
+                }
+            }
             // What was heard up to a pause is for the turn detector.
             Payload::PauseTranscript { .. } => {}
             _ => {

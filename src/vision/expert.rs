@@ -161,10 +161,10 @@ impl Scene {
     }
 }
 
-/// "800 ms", "12 s", "3 min", "2 h".
+/// "under a second", "12 s", "3 min", "2 h".
 fn span(ms: u64) -> String {
     match ms {
-        0..1_000 => format!("{ms} ms"),
+        0..1_000 => "under a second".into(),
         1_000..120_000 => format!("{} s", ms / 1000),
         120_000..7_200_000 => format!("{} min", ms / 60_000),
         _ => format!("{} h", ms / 3_600_000),
