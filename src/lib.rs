@@ -18,3 +18,4 @@ pub mod runner;
 pub mod server;
 pub mod tts;
 pub mod turn;
+pub mod vision;
