@@ -1,8 +1,18 @@
 //! Vision: what the camera shows, for the conversation.
 //!
-//! - [`sampler`]: which camera frames are worth encoding.
+//! - [`pth`]: legacy torch `.pth` reader (weights as candle tensors);
+//! - [`efficientnet`]: EfficientNet-Lite0 (ImageNet-1k classes, feature
+//!   tokens);
+//! - [`prune`]: training-free spatial (HiPrune-style) and temporal
+//!   (STORM-style) token pruning of the late stages;
+//! - [`imagenet`]: the ImageNet-1k class names;
+//! - [`sampler`]: which camera frames are worth encoding;
 //! - [`expert`]: labels tracked over time, as prompt text and memory
 //!   observations.
 
+pub mod efficientnet;
 pub mod expert;
+pub mod imagenet;
+pub mod prune;
+pub mod pth;
 pub mod sampler;

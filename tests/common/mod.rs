@@ -184,3 +184,26 @@ impl AnswerSession {
         self.events
     }
 }
+
+/// Where `scripts/setup --dev` puts the real test photos (scikit-image's
+/// `skimage/data`).
+pub const TEST_PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-photos");
+
+/// A real test photo by file name (e.g. `chelsea.png`).
+pub fn test_photo(name: &str) -> PathBuf {
+    let path = PathBuf::from(TEST_PHOTOS).join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `scripts/setup --dev` (it extracts scikit-image's test photos into target/test-photos)",
+        path.display()
+    );
+    path
+}
+
+/// A real test photo decoded as RGB.
+pub fn test_photo_rgb(name: &str) -> image::RgbImage {
+    let path = test_photo(name);
+    image::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8()
+}

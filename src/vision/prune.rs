@@ -1,0 +1,1 @@
+//! Training-free token pruning (placeholder while the encoder is checked).
