@@ -132,3 +132,232 @@ fn loader_errors_say_what_is_wrong() {
         .expect("truncated file refused");
     assert!(format!("{err:#}").contains("cut.pth"), "{err:#}");
 }
+
+/// Test frames from the photos: the whole photo, a mirror, a zoom and two
+/// pans (crops of 70 % of each side), as a camera would see them.
+fn test_frames() -> Vec<(String, image::RgbImage)> {
+    let mut frames = Vec::new();
+    for name in PHOTOS {
+        let img = common::test_photo_rgb(name);
+        let (w, h) = img.dimensions();
+        let (cw, ch) = (w * 7 / 10, h * 7 / 10);
+        let crop = |x: u32, y: u32| image::imageops::crop_imm(&img, x, y, cw, ch).to_image();
+        frames.push((name.to_string(), img.clone()));
+        frames.push((
+            format!("{name} mirrored"),
+            image::imageops::flip_horizontal(&img),
+        ));
+        frames.push((format!("{name} zoom"), crop((w - cw) / 2, (h - ch) / 2)));
+        frames.push((format!("{name} pan left"), crop(0, (h - ch) / 3)));
+        frames.push((format!("{name} pan right"), crop(w - cw, (h - ch) * 2 / 3)));
+    }
+    frames
+}
+
+#[test]
+fn pruning_keeps_the_answer_and_cuts_late_work() {
+    use duplex::vision::efficientnet::{Fill, LatePlan, StrideRule, argmax};
+    use duplex::vision::prune::{PruneConfig, encode_pruned, plan, select};
+    let model = model();
+    let frames = test_frames();
+    assert!(frames.len() >= 60);
+    // Early part once per frame; the late part per configuration.
+    let mids: Vec<_> = frames
+        .iter()
+        .map(|(_, img)| {
+            model
+                .early(&model.preprocess(img).expect("preprocess"))
+                .expect("early")
+        })
+        .collect();
+    let dense: Vec<_> = mids
+        .iter()
+        .map(|mid| model.late(mid, &LatePlan::dense(), None).expect("late"))
+        .collect();
+    let reference: Vec<usize> = dense.iter().map(|l| argmax(&l.logits)).collect();
+    let dense_macs = dense[0].macs;
+    println!("variant                          ratio  agree  late MACs");
+
+    for (rule, real, fill) in [
+        (StrideRule::Cell, true, Fill::Zero),
+        (StrideRule::Cell, true, Fill::Nearest),
+        (StrideRule::Cell, true, Fill::Mean),
+        (StrideRule::Cell, false, Fill::Nearest),
+        (StrideRule::Centre, true, Fill::Nearest),
+    ] {
+        for ratio in [0.5f32, 0.33, 0.11] {
+            let cfg = PruneConfig {
+                stride_rule: rule,
+                real_neighbours: real,
+                fill,
+                ..PruneConfig::new(ratio)
+            };
+            let mut agree = 0;
+            let mut macs = 0;
+            for (mid, want) in mids.iter().zip(&reference) {
+                let sel = select(&mid.stage4, &cfg).expect("select");
+                let late = model
+                    .late(mid, &plan(&model, &sel, &cfg), None)
+                    .expect("late");
+                agree += usize::from(argmax(&late.logits) == *want);
+                macs += late.macs;
+            }
+            let share = agree as f64 / frames.len() as f64;
+            let macs = macs as f64 / frames.len() as f64;
+            println!(
+                "{:32} {ratio:5.2} {:5.1}% {:6.1} M ({:4.1}% of dense)",
+                format!("{rule:?}, real {real}, {fill:?}"),
+                share * 100.0,
+                macs / 1e6,
+                macs / dense_macs as f64 * 100.0
+            );
+        }
+    }
+    // Diagnostic: the dense features pooled over the kept 7x7 positions only.
+    for ratio in [0.5f32, 0.33, 0.11] {
+        let cfg = PruneConfig::new(ratio);
+        let mut agree = 0;
+        for ((mid, full), want) in mids.iter().zip(&dense).zip(&reference) {
+            let sel = select(&mid.stage4, &cfg).expect("select");
+            let p = plan(&model, &sel, &cfg);
+            let mut pooled = vec![0f32; 1280];
+            let n = p.fin.kept_count() as f32;
+            for (q, t) in full.tokens.iter().enumerate() {
+                if p.fin.kept[q] {
+                    for (a, x) in pooled.iter_mut().zip(&t.feature) {
+                        *a += x / n;
+                    }
+                }
+            }
+            agree += usize::from(argmax(&model.logits(&pooled).expect("logits")) == *want);
+        }
+        println!(
+            "dense features, kept-only pooling {ratio:5.2} {:5.1}%",
+            agree as f64 * 100.0 / frames.len() as f64
+        );
+    }
+    // The defaults, end to end with timing (other engineers share the cores).
+    println!(
+        "\ndefault config, {} frames: ratio, top-1 agreement, median encoder ms/frame, late MACs",
+        frames.len()
+    );
+    for ratio in [1.0f32, 0.33, 0.11] {
+        let cfg = PruneConfig::new(ratio);
+        let mut ms = Vec::new();
+        let mut agree = 0;
+        let mut late_macs = 0u64;
+        for ((_, img), want) in frames.iter().zip(&reference) {
+            let frame = encode_pruned(&model, img, &cfg).expect("encode");
+            let t = frame.times;
+            ms.push(t.preprocess_ms + t.early_ms + t.select_ms + t.late_ms);
+            agree += usize::from(argmax(&frame.late.logits) == *want);
+            late_macs += frame.macs.late;
+            assert_eq!(frame.selection.count(), cfg.kept_tokens());
+        }
+        let share = agree as f64 / frames.len() as f64;
+        let late_macs = late_macs / frames.len() as u64;
+        println!(
+            "{ratio:5.2} {:5.1}% {:6.1} ms  {:6.1} M late MACs",
+            share * 100.0,
+            duplex::bench::median(&mut ms),
+            late_macs as f64 / 1e6
+        );
+        if ratio == 1.0 {
+            assert_eq!(agree, frames.len(), "ratio 1.0 is the unpruned network");
+            assert_eq!(late_macs, dense_macs);
+        } else {
+            assert!(
+                late_macs < dense_macs,
+                "pruning at {ratio} computes fewer late MACs"
+            );
+            // Measured (2026-11-29, 70 frames): 27 % at 0.33, 1-3 % at 0.11;
+            // the goals (95 %, 90 %) are NOT met by this CNN pruning.
+            if ratio > 0.3 {
+                assert!(share >= 0.2, "agreement at {ratio}: {share}");
+            }
+        }
+    }
+}
+
+/// A clip from one photo: `frames` square views, each shifted by `step`
+/// pixels to the right, with a little deterministic sensor noise.
+fn clip(name: &str, frames: usize, step: u32) -> Vec<image::RgbImage> {
+    let img = common::test_photo_rgb(name);
+    let (w, h) = img.dimensions();
+    let side = h.min(w) * 8 / 10;
+    let mut seed = 12345u32;
+    (0..frames as u32)
+        .map(|i| {
+            let x = (i * step).min(w - side);
+            let mut f = image::imageops::crop_imm(&img, x, (h - side) / 2, side, side).to_image();
+            for p in f.pixels_mut() {
+                for ch in p.0.iter_mut() {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    let noise = ((seed >> 16) % 5) as i16 - 2;
+                    *ch = (*ch as i16 + noise).clamp(0, 255) as u8;
+                }
+            }
+            f
+        })
+        .collect()
+}
+
+#[test]
+fn a_still_camera_reuses_late_work() {
+    use duplex::vision::efficientnet::argmax;
+    use duplex::vision::prune::{FrameEncoder, PruneConfig, TemporalConfig};
+    let model = model();
+    for (what, step) in [
+        ("still", 0u32),
+        ("pan 4 px/frame", 4),
+        ("pan 16 px/frame", 16),
+    ] {
+        let frames = clip("chelsea.png", 8, step);
+        for ratio in [1.0f32, 0.33] {
+            let mut reuse = FrameEncoder::new(
+                model.clone(),
+                PruneConfig::new(ratio),
+                TemporalConfig::default(),
+            );
+            let mut fresh = FrameEncoder::new(
+                model.clone(),
+                PruneConfig::new(ratio),
+                TemporalConfig::off(),
+            );
+            let (mut macs_reuse, mut macs_fresh, mut reused, mut kept, mut agree) =
+                (0u64, 0u64, 0, 0, 0);
+            for f in &frames {
+                let a = reuse.encode(f).expect("encode");
+                let b = fresh.encode(f).expect("encode");
+                macs_reuse += a.macs.late;
+                macs_fresh += b.macs.late;
+                reused += a.reused_tokens;
+                kept += a.reused_tokens + a.computed_tokens;
+                agree += usize::from(argmax(&a.scene_logits) == argmax(&b.late.logits));
+                let first = a.late.tokens.first().expect("a kept token");
+                let logit = model
+                    .class_logits(&first.feature, &[281, 285])
+                    .expect("class logits");
+                assert_eq!(logit.len(), 2);
+            }
+            println!(
+                "{what:16} ratio {ratio:4.2}: {:5.1}% of kept tokens reused, late MACs {:6.1} M -> {:6.1} M per frame ({:4.1}%), scene top-1 = frame top-1 {agree}/{}",
+                reused as f64 * 100.0 / kept as f64,
+                macs_fresh as f64 / 8e6,
+                macs_reuse as f64 / 8e6,
+                macs_reuse as f64 * 100.0 / macs_fresh as f64,
+                frames.len()
+            );
+            if step == 0 {
+                assert!(
+                    macs_reuse * 2 < macs_fresh,
+                    "a still camera halves the late work at least"
+                );
+                assert!(
+                    agree >= frames.len() - 1,
+                    "reuse keeps the answer on a still camera"
+                );
+            }
+        }
+    }
+}

@@ -139,6 +139,58 @@ pub struct LatePlan {
     /// stage-4 values of positions that are not kept but lie in the windows
     /// of kept ones, so its depthwise conv sees real neighbours.
     pub real_neighbours: bool,
+    /// What depthwise convs read at positions that are not kept.
+    pub fill: Fill,
+}
+
+/// What a depthwise conv of the pruned late stages reads at a position that
+/// is not kept (no multiply-accumulates are spent on it either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Zero (submanifold sparse convolution).
+    Zero,
+    /// The value of the nearest kept position.
+    Nearest,
+    /// The mean of the kept positions.
+    Mean,
+}
+
+/// Fills the positions of `map` that are not kept, per `fill`.
+fn fill_missing(map: &mut [f32], c: usize, w: usize, kept: &[bool], fill: Fill) {
+    let missing: Vec<usize> = (0..kept.len()).filter(|&p| !kept[p]).collect();
+    if missing.is_empty() || missing.len() == kept.len() {
+        return;
+    }
+    match fill {
+        Fill::Zero => {}
+        Fill::Mean => {
+            let mut mean = vec![0f32; c];
+            let n = (kept.len() - missing.len()) as f32;
+            for p in (0..kept.len()).filter(|&p| kept[p]) {
+                for (m, x) in mean.iter_mut().zip(&map[p * c..(p + 1) * c]) {
+                    *m += x / n;
+                }
+            }
+            for p in missing {
+                map[p * c..(p + 1) * c].copy_from_slice(&mean);
+            }
+        }
+        Fill::Nearest => {
+            let kept_at: Vec<usize> = (0..kept.len()).filter(|&p| kept[p]).collect();
+            for p in missing {
+                let (r, q) = ((p / w) as isize, (p % w) as isize);
+                let near = kept_at
+                    .iter()
+                    .copied()
+                    .min_by_key(|&k| {
+                        let (kr, kq) = ((k / w) as isize, (k % w) as isize);
+                        (kr - r).pow(2) + (kq - q).pow(2)
+                    })
+                    .unwrap_or(p);
+                map.copy_within(near * c..(near + 1) * c, p * c);
+            }
+        }
+    }
 }
 
 impl LatePlan {
@@ -148,6 +200,7 @@ impl LatePlan {
             mid: GridMask::full(MID_SIDE, MID_SIDE),
             fin: GridMask::full(FINAL_SIDE, FINAL_SIDE),
             real_neighbours: true,
+            fill: Fill::Zero,
         }
     }
 }
@@ -641,7 +694,16 @@ impl EfficientNetLite0 {
             let (oh, ow) = (h.div_ceil(block.dw.stride), w.div_ceil(block.dw.stride));
             let in_mask = GridMask::full(h, w);
             let out_mask = GridMask::full(oh, ow);
-            let (_, out) = self.run_block(bi, &map, &in_mask, &out_mask, true, None, &mut macs)?;
+            let (_, out) = self.run_block(
+                bi,
+                &map,
+                &in_mask,
+                &out_mask,
+                true,
+                Fill::Zero,
+                None,
+                &mut macs,
+            )?;
             map = out;
             (h, w) = (oh, ow);
             if bi == FEATURE_BLOCKS[0] {
@@ -675,6 +737,7 @@ impl EfficientNetLite0 {
         in_mask: &GridMask,
         out_mask: &GridMask,
         real_input: bool,
+        fill: Fill,
         cache: Option<&(Vec<f32>, Vec<f32>)>,
         macs: &mut u64,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
@@ -705,6 +768,7 @@ impl EfficientNetLite0 {
                         cache.map(|c| c.0.as_slice()),
                         "expand",
                     )?;
+                    fill_missing(&mut map, cexp, w, &in_mask.kept, fill);
                 }
                 map
             }
@@ -781,7 +845,9 @@ impl EfficientNetLite0 {
             };
             let real = bi == MID_BLOCK && plan.real_neighbours;
             let cached = cache.map(|c| &c.blocks[bi - MID_BLOCK]);
-            let io = self.run_block(bi, input, in_mask, out_mask, real, cached, &mut macs)?;
+            let io = self.run_block(
+                bi, input, in_mask, out_mask, real, plan.fill, cached, &mut macs,
+            )?;
             if bi == FEATURE_BLOCKS[1] {
                 stage5 = Some(TokenGrid {
                     h: MID_SIDE,
@@ -810,21 +876,34 @@ impl EfficientNetLite0 {
             cache.map(|c| c.head.as_slice()),
             "head",
         )?;
-        let mut tokens = Vec::new();
-        let mut pooled = vec![0f32; FEATURE_DIM];
-        for p in (0..fin.kept.len()).filter(|&p| fin.kept[p]) {
-            let feature = head[p * FEATURE_DIM..(p + 1) * FEATURE_DIM].to_vec();
-            for (a, x) in pooled.iter_mut().zip(&feature) {
-                *a += x;
-            }
-            tokens.push(Token {
+        let tokens: Vec<Token> = (0..fin.kept.len())
+            .filter(|&p| fin.kept[p])
+            .map(|p| Token {
                 row: p / FINAL_SIDE,
                 col: p % FINAL_SIDE,
-                feature,
-            });
+                feature: head[p * FEATURE_DIM..(p + 1) * FEATURE_DIM].to_vec(),
+            })
+            .collect();
+        // Global average pooling: over the kept tokens, or (with a fill)
+        // over the whole grid with the missing positions filled, i.e. each
+        // kept token weighted by the area it stands for.
+        let mut pooled = vec![0f32; FEATURE_DIM];
+        if plan.fill == Fill::Zero {
+            for t in &tokens {
+                for (a, x) in pooled.iter_mut().zip(&t.feature) {
+                    *a += x / tokens.len() as f32;
+                }
+            }
+        } else {
+            let mut filled = head.clone();
+            fill_missing(&mut filled, FEATURE_DIM, FINAL_SIDE, &fin.kept, plan.fill);
+            let n = fin.kept.len() as f32;
+            for row in filled.chunks_exact(FEATURE_DIM) {
+                for (a, x) in pooled.iter_mut().zip(row) {
+                    *a += x / n;
+                }
+            }
         }
-        let n = tokens.len() as f32;
-        pooled.iter_mut().for_each(|x| *x /= n);
         let mut classifier_macs = 0;
         let logits = self.classify_pooled(&pooled, &mut classifier_macs)?;
         let stage7 = TokenGrid {
