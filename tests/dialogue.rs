@@ -357,6 +357,7 @@ fn scene_of(
     let analysis = duplex::vision::expert::Analysis {
         sightings: vec![duplex::vision::expert::Sighting {
             label: label.into(),
+            kinds: Vec::new(),
             confidence: p,
             x: 0.5,
             y: 0.5,

@@ -382,6 +382,7 @@ async function setCamera(on) {
       camera = null;
     }
     $("preview").hidden = true;
+    $("sees").hidden = true;
     return;
   }
   let stream;
@@ -540,6 +541,13 @@ function onEvent(e) {
       break;
     case "duplex.turn.latency":
       showWaterfall(e);
+      break;
+    case "duplex.vision.frame":
+      // What the agent makes of the camera (a pipeline with a vision node).
+      stats.visionFrames = (stats.visionFrames || 0) + 1;
+      stats.lastScene = e.scene;
+      $("sees").textContent = e.scene ? `sees: ${e.scene}` : "";
+      $("sees").hidden = !e.scene || !camera;
       break;
     case "error": {
       const err = e.error || {};

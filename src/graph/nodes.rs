@@ -40,6 +40,8 @@ use crate::tts::playout::{OutputActor, OutputParams};
 use crate::tts::{PiperVoice, Synthesizer};
 use crate::turn::actor::TurnActor;
 use crate::turn::end_of_turn::EndOfTurnScorer;
+use crate::vision::actor::{VisionActor, VisionParams};
+use crate::vision::efficientnet::EfficientNetLite0;
 
 /// A node of a pipeline: its kind (the `kind` key) and parameters.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +67,9 @@ pub enum NodeKind {
     /// Semantic turn detection: scores each pause of the user with the
     /// local LLM for semantic VAD (between `asr` and the controller).
     EndOfTurn(EndOfTurnParams),
+    /// Camera frames: sampling, EfficientNet-Lite0 with token pruning, and
+    /// the vision expert's scene for the controller.
+    Vision(VisionParams),
     /// Forwards every frame unchanged (tests, benchmarks, taps).
     Passthrough(PassthroughParams),
 }
@@ -189,6 +194,7 @@ pub struct Resources {
     local_llm: OnceLock<LocalModel>,
     voice: OnceLock<Arc<PiperVoice>>,
     embedder: OnceLock<Arc<Embedder>>,
+    vision: OnceLock<Arc<EfficientNetLite0>>,
 }
 
 /// Loads a model once, even when sessions race for it.
@@ -210,6 +216,7 @@ impl Resources {
             local_llm: OnceLock::new(),
             voice: OnceLock::new(),
             embedder: OnceLock::new(),
+            vision: OnceLock::new(),
         })
     }
 
@@ -252,6 +259,12 @@ impl Resources {
             Ok(Arc::new(Embedder::load(&self.store)?))
         })
     }
+
+    pub fn vision(&self) -> Result<Arc<EfficientNetLite0>> {
+        once(&self.vision, || {
+            Ok(Arc::new(EfficientNetLite0::from_store(&self.store)?))
+        })
+    }
 }
 
 impl NodeKind {
@@ -279,6 +292,10 @@ impl NodeKind {
             }
             NodeKind::Tts(_) => resources.voice().map(drop),
             NodeKind::EndOfTurn(_) => resources.local_llm().map(drop),
+            NodeKind::Vision(p) => {
+                p.validate()?;
+                resources.vision().map(drop)
+            }
             NodeKind::Input(_)
             | NodeKind::Output(_)
             | NodeKind::Avatar(_)
@@ -354,6 +371,7 @@ impl NodeKind {
             NodeKind::EndOfTurn(_) => Box::new(TurnActor::new(EndOfTurnScorer::new(
                 &resources.local_llm()?,
             )?)),
+            NodeKind::Vision(p) => Box::new(VisionActor::new(resources.vision()?, p)?),
         })
     }
 }

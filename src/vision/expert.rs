@@ -16,7 +16,13 @@ use serde::Serialize;
 /// One label the encoder found in a frame.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sighting {
+    /// What it is: a class name ("coffee mug"), or the kind several likely
+    /// classes share ("cat").
     pub label: String,
+    /// The likely classes a shared kind stands for ("tabby cat", "Egyptian
+    /// cat"); empty for a single class.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
     /// Probability of the label for the whole frame, 0..1.
     pub confidence: f32,
     /// Where it scores highest: x and y in 0..1 (left..right, top..bottom).
@@ -35,6 +41,24 @@ impl Sighting {
             ["bottom left", "bottom", "bottom right"],
         ];
         PLACES[row][col]
+    }
+
+    /// "cat (tabby cat or Egyptian cat)", or the bare label.
+    pub fn named(&self) -> String {
+        match self.kinds.as_slice() {
+            [] => self.label.clone(),
+            [one] => format!("{} ({one})", self.label),
+            [many @ .., last] => format!("{} ({} or {last})", self.label, many.join(", ")),
+        }
+    }
+
+    /// "in the center", "on the left", "at the top right", ...
+    pub fn place_phrase(&self) -> String {
+        match self.place() {
+            "center" => "in the center".into(),
+            side @ ("left" | "right") => format!("on the {side}"),
+            corner => format!("at the {corner}"),
+        }
     }
 }
 
@@ -118,7 +142,7 @@ impl Scene {
             .map(|t| {
                 format!(
                     "{} ({:.0}%, {}, for {})",
-                    t.label,
+                    t.latest.named(),
                     t.latest.confidence * 100.0,
                     t.latest.place(),
                     span(now_ms.saturating_sub(t.since_ms))
@@ -237,7 +261,7 @@ impl VisionExpert {
                     t_ms,
                     label: s.label.clone(),
                     confidence: s.confidence,
-                    text: format!("Seen on camera: {}, in the {}.", s.label, s.place()),
+                    text: format!("Seen on camera: {}, {}.", s.named(), s.place_phrase()),
                 });
             }
         }
@@ -266,6 +290,7 @@ mod tests {
     fn seen(label: &str, confidence: f32, x: f32, y: f32) -> Sighting {
         Sighting {
             label: label.into(),
+            kinds: Vec::new(),
             confidence,
             x,
             y,
@@ -284,6 +309,27 @@ mod tests {
         assert_eq!(seen("a", 1.0, 0.1, 0.5).place(), "left");
         assert_eq!(seen("a", 1.0, 0.9, 0.05).place(), "top right");
         assert_eq!(seen("a", 1.0, 1.0, 1.0).place(), "bottom right");
+        assert_eq!(seen("a", 1.0, 0.5, 0.5).place_phrase(), "in the center");
+        assert_eq!(seen("a", 1.0, 0.9, 0.5).place_phrase(), "on the right");
+        assert_eq!(seen("a", 1.0, 0.5, 0.0).place_phrase(), "at the top");
+    }
+
+    #[test]
+    fn a_shared_kind_names_its_classes() {
+        let mut cat = seen("cat", 0.5, 0.5, 0.5);
+        assert_eq!(cat.named(), "cat");
+        cat.kinds = vec![
+            "tabby cat".into(),
+            "tiger cat".into(),
+            "Egyptian cat".into(),
+        ];
+        assert_eq!(cat.named(), "cat (tabby cat, tiger cat or Egyptian cat)");
+        let mut e = VisionExpert::new(ExpertSettings::default());
+        let obs = e.observe(0, &frame(&[cat]));
+        assert_eq!(
+            obs[0].text,
+            "Seen on camera: cat (tabby cat, tiger cat or Egyptian cat), in the center."
+        );
     }
 
     #[test]

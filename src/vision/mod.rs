@@ -7,9 +7,15 @@
 //!   (STORM-style) token pruning of the late stages;
 //! - [`imagenet`]: the ImageNet-1k class names;
 //! - [`sampler`]: which camera frames are worth encoding;
+//! - [`analyzer`]: one frame through the pruned encoder to named, placed
+//!   labels;
 //! - [`expert`]: labels tracked over time, as prompt text and memory
-//!   observations.
+//!   observations;
+//! - [`actor`]: the `vision` node (camera frames in, scenes out, off the
+//!   reactor).
 
+pub mod actor;
+pub mod analyzer;
 pub mod efficientnet;
 pub mod expert;
 pub mod imagenet;

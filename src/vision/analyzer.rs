@@ -1,0 +1,275 @@
+//! The frame analyzer: one camera frame in, the vision expert's input out.
+//!
+//! [`FrameAnalyzer`] runs a stream's [`FrameEncoder`] (EfficientNet-Lite0
+//! with spatial token pruning and temporal reuse) and turns its output into
+//! an [`Analysis`]: the top ImageNet labels of the scene feature (pooled over
+//! the kept tokens and the last few frames), grouped by kind (three cat
+//! classes are one cat), each placed where it scores highest among the kept
+//! tokens (a softmax-weighted centre of its per-token logits), with names a
+//! listener understands ("tabby" is said "tabby cat", a dog breed gets
+//! "dog").
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use image::RgbImage;
+use serde::Serialize;
+
+use super::efficientnet::{EfficientNetLite0, FINAL_SIDE, Prediction, Token, top_k};
+use super::expert::{Analysis, Sighting};
+use super::imagenet;
+use super::prune::{FrameEncoder, PruneConfig, TemporalConfig};
+
+/// ImageNet-1k classes 151..=268 are dog breeds.
+const DOG_BREEDS: std::ops::RangeInclusive<usize> = 151..=268;
+/// ImageNet-1k class 281, "tabby".
+const TABBY: usize = 281;
+
+/// How a stream is analysed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AnalyzerSettings {
+    /// Fraction of the middle-stage tokens the late stages run on.
+    pub keep_ratio: f32,
+    /// Reuse late-stage values where the picture did not change, and pool
+    /// the scene over the last few frames.
+    pub temporal_reuse: bool,
+    /// Labels per frame.
+    pub top_k: usize,
+}
+
+impl Default for AnalyzerSettings {
+    fn default() -> Self {
+        AnalyzerSettings {
+            keep_ratio: 0.33,
+            temporal_reuse: true,
+            top_k: 3,
+        }
+    }
+}
+
+/// What one frame cost, for the `duplex.vision.frame` event and benchmarks.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct AnalysisTimings {
+    pub preprocess_ms: f64,
+    pub early_ms: f64,
+    pub select_ms: f64,
+    pub late_ms: f64,
+    /// Labels and where they are (the expert's part).
+    pub expert_ms: f64,
+    /// Middle-stage tokens kept, of them recomputed (the rest reused).
+    pub kept_tokens: usize,
+    pub computed_tokens: usize,
+    /// Multiply-accumulates of the late stages and head.
+    pub late_macs: u64,
+}
+
+/// One camera stream's analyzer (the model is shared).
+pub struct FrameAnalyzer {
+    model: Arc<EfficientNetLite0>,
+    encoder: FrameEncoder,
+    top_k: usize,
+}
+
+impl FrameAnalyzer {
+    pub fn new(model: Arc<EfficientNetLite0>, settings: AnalyzerSettings) -> Self {
+        let temporal = if settings.temporal_reuse {
+            TemporalConfig::default()
+        } else {
+            TemporalConfig::off()
+        };
+        FrameAnalyzer {
+            encoder: FrameEncoder::new(
+                model.clone(),
+                PruneConfig::new(settings.keep_ratio),
+                temporal,
+            ),
+            model,
+            top_k: settings.top_k.max(1),
+        }
+    }
+
+    /// Encodes the next frame of the stream and names what it shows
+    /// (blocking CPU work).
+    pub fn analyze(&mut self, image: &RgbImage) -> Result<(Analysis, AnalysisTimings)> {
+        let frame = self.encoder.encode(image)?;
+        let started = Instant::now();
+        let groups = group_by_kind(&top_k(&frame.scene_logits, CANDIDATES), self.top_k);
+        // Per kept token, the logit of each group's most likely class.
+        let classes: Vec<usize> = groups.iter().map(|g| g.best_class).collect();
+        let per_token: Vec<Vec<f32>> = frame
+            .late
+            .tokens
+            .iter()
+            .map(|t| self.model.class_logits(&t.feature, &classes))
+            .collect::<Result<_>>()?;
+        let sightings = groups
+            .into_iter()
+            .enumerate()
+            .map(|(k, g)| {
+                let (x, y) = centre(&frame.late.tokens, &per_token, k, FINAL_SIDE as f32);
+                Sighting {
+                    label: g.label,
+                    kinds: g.kinds,
+                    confidence: g.probability,
+                    x,
+                    y,
+                }
+            })
+            .collect();
+        let timings = AnalysisTimings {
+            preprocess_ms: frame.times.preprocess_ms,
+            early_ms: frame.times.early_ms,
+            select_ms: frame.times.select_ms,
+            late_ms: frame.times.late_ms,
+            expert_ms: started.elapsed().as_secs_f64() * 1000.0,
+            kept_tokens: frame.selection.count(),
+            computed_tokens: frame.computed_tokens,
+            late_macs: frame.macs.late,
+        };
+        Ok((Analysis { sightings }, timings))
+    }
+}
+
+/// Classes looked at per frame before grouping them by kind.
+const CANDIDATES: usize = 10;
+
+/// Likely classes of one kind.
+#[derive(Debug, Clone, PartialEq)]
+struct KindGroup {
+    /// The class name, or the shared kind ("cat") of several.
+    label: String,
+    /// The classes of a shared kind, most likely first (empty for one).
+    kinds: Vec<String>,
+    probability: f32,
+    best_class: usize,
+}
+
+/// Groups `predictions` (most likely first) by kind, the last word of their
+/// spoken names ("tabby cat", "tiger cat" and "Egyptian cat" are a cat),
+/// summing their probabilities; returns the `n` likeliest groups. ImageNet
+/// splits one thing over near-identical classes; a listener wants the thing.
+fn group_by_kind(predictions: &[Prediction], n: usize) -> Vec<KindGroup> {
+    let mut groups: Vec<(String, Vec<(String, f32)>, usize)> = Vec::new();
+    for p in predictions {
+        let name = spoken_label(p.class);
+        let kind = name.rsplit(' ').next().unwrap_or(&name).to_lowercase();
+        match groups.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some((_, members, _)) => members.push((name, p.probability)),
+            None => groups.push((kind, vec![(name, p.probability)], p.class)),
+        }
+    }
+    let mut groups: Vec<KindGroup> = groups
+        .into_iter()
+        .map(|(kind, members, best_class)| {
+            let probability = members.iter().map(|(_, p)| p).sum();
+            match members.len() {
+                1 => KindGroup {
+                    label: members[0].0.clone(),
+                    kinds: Vec::new(),
+                    probability,
+                    best_class,
+                },
+                _ => KindGroup {
+                    label: kind,
+                    kinds: members.into_iter().map(|(name, _)| name).collect(),
+                    probability,
+                    best_class,
+                },
+            }
+        })
+        .collect();
+    groups.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    groups.truncate(n);
+    groups
+}
+
+/// Where class `k` scores highest: the softmax-weighted centre (x, y in
+/// 0..1) of the kept tokens of the `side` x `side` grid by their logit of
+/// that class.
+fn centre(tokens: &[Token], per_token: &[Vec<f32>], k: usize, side: f32) -> (f32, f32) {
+    let max = per_token
+        .iter()
+        .map(|l| l[k])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let (mut x, mut y, mut total) = (0.0f32, 0.0f32, 0.0f32);
+    for (t, logits) in tokens.iter().zip(per_token) {
+        let w = (logits[k] - max).exp();
+        x += w * (t.col as f32 + 0.5) / side;
+        y += w * (t.row as f32 + 0.5) / side;
+        total += w;
+    }
+    if total > 0.0 {
+        (x / total, y / total)
+    } else {
+        (0.5, 0.5)
+    }
+}
+
+/// The class's name as a listener understands it.
+pub fn spoken_label(class: usize) -> String {
+    let name = imagenet::class_name(class);
+    if class == TABBY {
+        return "tabby cat".into();
+    }
+    let says_dog = [
+        "dog",
+        "hound",
+        "terrier",
+        "retriever",
+        "spaniel",
+        "setter",
+        "poodle",
+    ]
+    .iter()
+    .any(|w| name.to_lowercase().contains(w));
+    if DOG_BREEDS.contains(&class) && !says_dog {
+        return format!("{name} dog");
+    }
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn predicted(class: usize, probability: f32) -> Prediction {
+        Prediction {
+            class,
+            label: imagenet::class_name(class),
+            probability,
+        }
+    }
+
+    #[test]
+    fn classes_of_one_kind_are_one_thing() {
+        // Egyptian cat, tabby, tiger cat, then a mug and a cup.
+        let groups = group_by_kind(
+            &[
+                predicted(285, 0.2),
+                predicted(TABBY, 0.18),
+                predicted(504, 0.15),
+                predicted(282, 0.12),
+                predicted(968, 0.05),
+            ],
+            3,
+        );
+        assert_eq!(groups[0].label, "cat");
+        assert_eq!(groups[0].kinds, ["Egyptian cat", "tabby cat", "tiger cat"]);
+        assert!((groups[0].probability - 0.5).abs() < 1e-6);
+        assert_eq!(groups[0].best_class, 285);
+        assert_eq!(groups[1].label, imagenet::class_name(504));
+        assert!(groups[1].kinds.is_empty());
+        assert_eq!(groups.len(), 3);
+    }
+
+    #[test]
+    fn labels_say_what_kind_of_thing() {
+        assert_eq!(spoken_label(TABBY), "tabby cat");
+        assert_eq!(imagenet::class_name(151), "Chihuahua");
+        assert_eq!(spoken_label(151), "Chihuahua dog");
+        // Already says it.
+        assert!(!spoken_label(207).ends_with("dog dog"));
+        assert_eq!(spoken_label(0), "tench");
+    }
+}
