@@ -290,6 +290,17 @@ impl VadActor {
             return;
         }
         if p >= self.params.threshold {
+            if self.paused
+                && let Some(from) = self.silence_from
+            {
+                ctx.raise(
+                    ms(chunk_start),
+                    SystemKind::SpeechResumed {
+                        item_id: self.item_id(),
+                        speech_end_ms: ms(from),
+                    },
+                );
+            }
             self.silence_from = None;
             self.paused = false;
             self.scored_window_ms = None;

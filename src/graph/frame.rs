@@ -66,6 +66,10 @@ pub enum SystemKind {
         /// recognizer sends what it heard (`PauseTranscript`).
         wants_score: bool,
     },
+    /// The user spoke again after a `SpeechPaused` (same utterance): what
+    /// was prepared for the pause that began at `speech_end_ms` (a
+    /// speculative answer) is void.
+    SpeechResumed { item_id: String, speech_end_ms: u64 },
     /// How likely the user has finished, scored on the words heard up to a
     /// pause that began at `speech_end_ms` (semantic VAD). Sent to every
     /// stage: the VAD, upstream, turns it into the silence to wait for.
@@ -97,6 +101,7 @@ impl SystemKind {
             self,
             SystemKind::Interrupt { .. }
                 | SystemKind::EndOfTurnScore { .. }
+                | SystemKind::SpeechResumed { .. }
                 | SystemKind::Cancel { .. }
                 | SystemKind::PauseOutput { .. }
                 | SystemKind::ResumeOutput { .. }
