@@ -262,7 +262,12 @@ async fn an_adopted_speculation_answers_as_without_it_and_sooner() {
             "{name}: {:?}\n  with:    {}\n  without: {}",
             of_type(&with, "duplex.turn.speculation")
                 .iter()
-                .map(|e| format!("{} {:?} {:?}", e["state"], e.get("held_ms"), e.get("reason")))
+                .map(|e| format!(
+                    "{} {:?} {:?}",
+                    e["state"],
+                    e.get("held_ms"),
+                    e.get("reason")
+                ))
                 .collect::<Vec<_>>(),
             w_on,
             w_off

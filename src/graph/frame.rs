@@ -78,6 +78,8 @@ pub enum SystemKind {
         speech_end_ms: u64,
         score: f32,
         text: String,
+        /// What scoring took (ms of wall time, prefill on the blocking pool).
+        scoring_ms: u64,
     },
     /// The user barged in: every response up to and including `response_id`
     /// is dead. Queued frames of dead responses are flushed everywhere.

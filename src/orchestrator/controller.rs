@@ -1194,6 +1194,10 @@ struct GenerateJob {
     gate: Option<tokio::sync::watch::Receiver<Gate>>,
 }
 
+/// Most pieces a held answer generates before it waits for the commit (a
+/// text answer has no clauses to tell when its opening is ready).
+const HELD_PIECES: usize = 24;
+
 /// Where a generation's text goes once it may be seen: text deltas as
 /// events, and (spoken answers) clauses to the TTS.
 struct Forward {
@@ -1266,6 +1270,14 @@ async fn generate(job: GenerateJob) -> Generated {
     let audio = modalities.iter().any(|m| m == "audio");
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let flag = cancel.clone();
+    // Set once a held answer has its first clause: the engine then waits
+    // for the commit instead of taking the cores from the recognizer and
+    // the scorer (a speculation is there to hide the prefill and the first
+    // clause, not the whole answer).
+    let park = Arc::new(AtomicBool::new(false));
+    let parked = park.clone();
+    let mut parked_gate = gate.clone();
+    let runtime = tokio::runtime::Handle::current();
     let blocking = tokio::task::spawn_blocking(move || {
         // Pieces the engine produced after the cancel flag was raised (the
         // engine promises at most one).
@@ -1274,7 +1286,14 @@ async fn generate(job: GenerateJob) -> Generated {
             if flag.load(Ordering::SeqCst) {
                 after_cancel += 1;
             }
-            tx.send(piece.to_string()).is_ok()
+            let sent = tx.send(piece.to_string()).is_ok();
+            if parked.swap(false, Ordering::SeqCst)
+                && let Some(g) = parked_gate.as_mut()
+            {
+                // Released or discarded (the cancel flag then stops it).
+                let _ = runtime.block_on(g.wait_for(|s| *s != Gate::Held));
+            }
+            sent
         };
         let usage = llm.generate(&messages, &options, &flag, &mut on_text);
         (llm, usage, after_cancel)
@@ -1290,8 +1309,10 @@ async fn generate(job: GenerateJob) -> Generated {
         sent: String::new(),
     };
     let mut text = String::new();
-    // Pieces kept while the gate is held.
+    // Pieces kept while the gate is held, and a chunker that only tells
+    // when they make a first clause.
     let mut held: Vec<String> = Vec::new();
+    let mut probe = ClauseChunker::new(chunker);
     // A gated generation starts held even if the gate opened before this
     // task ran: the release is then handled (and noted) below.
     let mut state = match gate {
@@ -1306,6 +1327,9 @@ async fn generate(job: GenerateJob) -> Generated {
                 piece = rx.recv(), if generating => match piece {
                     Some(piece) => {
                         text.push_str(&piece);
+                        if !probe.push(&piece).is_empty() || held.len() + 1 >= HELD_PIECES {
+                            park.store(true, Ordering::SeqCst);
+                        }
                         held.push(piece);
                     }
                     None => generating = false,
@@ -1441,6 +1465,7 @@ impl Actor for Controller {
                 speech_end_ms,
                 score,
                 text,
+                ..
             } => {
                 return self
                     .on_score(item_id, *speech_end_ms, *score, text, ctx)
