@@ -2,6 +2,11 @@
 //! VAD decided so (endpointing), the ASR final, the LLM's first token, the
 //! first clause, its first synthesized audio, and the first audio sent out.
 //!
+//! A turn answered from a speculative answer (started during the user's
+//! pause, held until the turn was committed) marks its LLM stages when the
+//! held answer was released, and notes how much of it was ready then
+//! (`speculation` in the waterfall).
+//!
 //! Each stage marks its moment on the session's [`Latency`]; the output stage
 //! closes the turn and emits it as a `duplex.turn.latency` event (and a log
 //! line), in milliseconds since the end of speech.
@@ -32,6 +37,8 @@ struct Turn {
     response_id: Option<String>,
     speech_end: Option<Instant>,
     marks: Vec<(Stage, Instant)>,
+    /// Set when the answer was speculated: what was ready at commit.
+    speculation: Option<serde_json::Value>,
 }
 
 /// One session's waterfall of the turn in progress.
@@ -46,6 +53,8 @@ pub struct Waterfall {
     pub item_id: String,
     pub response_id: Option<String>,
     pub stages: Vec<(Stage, u64)>,
+    /// For an adopted speculative answer: how much was ready at commit.
+    pub speculation: Option<serde_json::Value>,
 }
 
 impl Waterfall {
@@ -63,11 +72,15 @@ impl Waterfall {
                 stages.insert(format!("{name}_ms"), (*ms).into());
             }
         }
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "item_id": self.item_id,
             "response_id": self.response_id,
             "since_speech_end": stages,
-        })
+        });
+        if let Some(s) = &self.speculation {
+            json["speculation"] = s.clone();
+        }
+        json
     }
 }
 
@@ -94,6 +107,7 @@ impl Latency {
                 response_id: None,
                 speech_end: Some(now.checked_sub(silence).unwrap_or(now)),
                 marks: vec![(Stage::SpeechStopped, now)],
+                speculation: None,
             }
         });
     }
@@ -101,6 +115,16 @@ impl Latency {
     /// The response answering the current turn.
     pub fn response(&self, response_id: &str) {
         self.with(|t| t.response_id = Some(response_id.to_string()));
+    }
+
+    /// The current turn's answer was speculated: `ready` says how much of
+    /// it was generated before the turn was committed.
+    pub fn speculated(&self, ready: serde_json::Value) {
+        self.with(|t| {
+            if t.speech_end.is_some() {
+                t.speculation = Some(ready);
+            }
+        });
     }
 
     /// Marks a stage (only its first occurrence in the turn counts).
@@ -127,6 +151,7 @@ impl Latency {
                 item_id: t.item_id.clone(),
                 response_id: t.response_id.clone(),
                 stages,
+                speculation: t.speculation.take(),
             })
         })
     }

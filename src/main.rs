@@ -186,6 +186,11 @@ enum BenchCommand {
         #[arg(long)]
         no_turn: bool,
     },
+    /// Turn-taking on the ten pocketsphinx-testdata clips at real-time
+    /// pace: end-of-turn scoring ms per pause (median, p90), and speech end
+    /// -> first audio out with semantic VAD (with and without speculative
+    /// answers) against server VAD's 500 ms, in the same run.
+    Turn,
 }
 
 fn main() -> ExitCode {
@@ -296,6 +301,12 @@ async fn dispatch(command: Command) -> Result<()> {
                 let turn = (!no_turn).then_some(pipeline.as_path());
                 let report = duplex::bench::tts::run(&resources, turn).await?;
                 duplex::bench::tts::print(&report);
+                Ok(())
+            }
+            BenchCommand::Turn => {
+                let resources = Resources::new(ModelStore::from_env());
+                let report = duplex::bench::turn::run(&resources).await?;
+                duplex::bench::turn::print(&report);
                 Ok(())
             }
             BenchCommand::Asr { pipeline } => {

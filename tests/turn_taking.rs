@@ -100,36 +100,6 @@ fn scores(events: &[Event]) -> String {
         .join(" ")
 }
 
-/// The clip with `PAUSE_MS` of silence inserted at the quietest 80 ms
-/// between 35 % and 65 % of its speech; returns it and where the inserted
-/// silence starts (ms).
-fn split_mid_sentence(pcm: &Pcm) -> (Pcm, u64) {
-    let (start, end) = common::energy_speech_span(pcm);
-    let frame = (pcm.sample_rate / 100) as usize; // 10 ms
-    let energy: Vec<f32> = pcm
-        .samples
-        .chunks(frame)
-        .map(|c| c.iter().map(|x| x * x).sum::<f32>())
-        .collect();
-    let span = end - start;
-    let (lo, hi) = (
-        ((start + span * 35 / 100) / 10) as usize,
-        ((start + span * 65 / 100) / 10) as usize,
-    );
-    let valley = (lo..hi.saturating_sub(8))
-        .min_by(|&a, &b| {
-            let e = |i: usize| energy[i..i + 8].iter().sum::<f32>();
-            e(a).total_cmp(&e(b))
-        })
-        .unwrap();
-    let cut_ms = (valley as u64 + 4) * 10;
-    let cut = cut_ms as usize * frame / 10;
-    let mut samples = pcm.samples[..cut].to_vec();
-    samples.extend(std::iter::repeat_n(0.0, PAUSE_MS as usize * frame / 10));
-    samples.extend_from_slice(&pcm.samples[cut..]);
-    (Pcm::new(samples, pcm.sample_rate), cut_ms)
-}
-
 /// Checks that each turn ended as its scores said; returns what is wrong.
 fn turns_follow_their_scores(name: &str, events: &[Event]) -> Vec<String> {
     let mut wrong = Vec::new();
@@ -210,7 +180,7 @@ async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
     println!("split mid-sentence by {PAUSE_MS} ms of silence");
     for clip in common::librivox_clips() {
         let name = clip.file_name().unwrap().to_string_lossy().to_string();
-        let (pcm, cut_ms) = split_mid_sentence(&decode_file(&clip).unwrap());
+        let (pcm, cut_ms) = common::split_mid_sentence(&decode_file(&clip).unwrap(), PAUSE_MS);
         let pcm = pcm.padded(500, 2500);
         let cut_ms = cut_ms + 500;
         let ours = run(&semantic, &resources, &pcm).await;

@@ -290,6 +290,17 @@ impl VadActor {
             return;
         }
         if p >= self.params.threshold {
+            if self.paused
+                && let Some(from) = self.silence_from
+            {
+                ctx.raise(
+                    ms(chunk_start),
+                    SystemKind::SpeechResumed {
+                        item_id: self.item_id(),
+                        speech_end_ms: ms(from),
+                    },
+                );
+            }
             self.silence_from = None;
             self.paused = false;
             self.scored_window_ms = None;
@@ -321,7 +332,15 @@ impl VadActor {
 
     /// semantic_vad: a pause was scored; sets its window, and ends the turn
     /// at once if the silence already lasts that long.
-    fn on_score(&mut self, item_id: &str, speech_end_ms: u64, score: f32, text: &str, ctx: &Ctx) {
+    fn on_score(
+        &mut self,
+        item_id: &str,
+        speech_end_ms: u64,
+        score: f32,
+        text: &str,
+        scoring_ms: u64,
+        ctx: &Ctx,
+    ) {
         let Some(eagerness) = self.params.semantic() else {
             return;
         };
@@ -342,6 +361,7 @@ impl VadActor {
                 "window_ms": window_ms,
                 "eagerness": eagerness.as_str(),
                 "text": text,
+                "scoring_ms": scoring_ms,
             }),
         );
         if now.saturating_sub(speech_end_ms) >= window_ms {
@@ -461,9 +481,10 @@ impl Actor for VadActor {
             speech_end_ms,
             score,
             text,
+            scoring_ms,
         } = &frame.kind
         {
-            self.on_score(item_id, *speech_end_ms, *score, text, ctx);
+            self.on_score(item_id, *speech_end_ms, *score, text, *scoring_ms, ctx);
         }
         Ok(())
     }

@@ -10,6 +10,9 @@
 //! - [`llm`]: the local LLM engine against llama.cpp on the same GGUF;
 //! - [`tts`]: clause to first audio, phonemizer, TTS real-time factor,
 //!   avatar render, the voice turn's waterfall;
+//! - [`turn`]: end-of-turn scoring per pause, and voice-to-voice latency
+//!   with semantic VAD (with and without speculative answers) against
+//!   server VAD;
 //! - [`voice`]: voice-to-voice latency over the Realtime API socket against
 //!   the same pipeline in-process, and concurrent real-time sessions.
 
@@ -18,6 +21,7 @@ pub mod conformer;
 pub mod graph;
 pub mod llm;
 pub mod tts;
+pub mod turn;
 pub mod voice;
 
 pub use graph::{ChainResult, graph, print_graph};

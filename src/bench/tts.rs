@@ -124,6 +124,11 @@ pub struct Turn {
     pub llm_done_ms: Option<f64>,
     /// Synthesis of the whole answer at once, ms.
     pub whole_synth_ms: Option<f64>,
+    /// What scoring each pause took (semantic VAD), ms.
+    pub scoring_ms: Vec<f64>,
+    /// The states of the clip's speculative answers (started, adopted,
+    /// discarded), in order.
+    pub speculation: Vec<String>,
 }
 
 impl Turn {
@@ -359,7 +364,7 @@ fn padded(pcm: &Pcm) -> Pcm {
 }
 
 /// One clip through the voice pipeline at real-time pace.
-async fn voice_turn(
+pub(crate) async fn voice_turn(
     pipeline: &Pipeline,
     resources: &Arc<Resources>,
     synth: &mut Option<Synthesizer>,
@@ -395,6 +400,16 @@ async fn voice_turn(
         answer: String::new(),
         llm_done_ms: None,
         whole_synth_ms: None,
+        scoring_ms: events
+            .iter()
+            .filter(|e| e["type"] == "duplex.turn.end_of_turn")
+            .filter_map(|e| e["scoring_ms"].as_f64())
+            .collect(),
+        speculation: events
+            .iter()
+            .filter(|e| e["type"] == "duplex.turn.speculation")
+            .filter_map(|e| e["state"].as_str().map(String::from))
+            .collect(),
     };
     let Some(&at) = waterfalls.last() else {
         return Ok(turn);
@@ -488,7 +503,7 @@ pub async fn run(resources: &Arc<Resources>, pipeline: Option<&Path>) -> Result<
     })
 }
 
-fn med(values: &[f64]) -> f64 {
+pub(crate) fn med(values: &[f64]) -> f64 {
     median(&mut values.to_vec())
 }
 
@@ -496,7 +511,7 @@ fn ratio(a: f64, b: f64) -> f64 {
     a / b.max(1e-9)
 }
 
-fn opt_ms(v: Option<f64>) -> String {
+pub(crate) fn opt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
 }
 

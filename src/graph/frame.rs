@@ -66,6 +66,10 @@ pub enum SystemKind {
         /// recognizer sends what it heard (`PauseTranscript`).
         wants_score: bool,
     },
+    /// The user spoke again after a `SpeechPaused` (same utterance): what
+    /// was prepared for the pause that began at `speech_end_ms` (a
+    /// speculative answer) is void.
+    SpeechResumed { item_id: String, speech_end_ms: u64 },
     /// How likely the user has finished, scored on the words heard up to a
     /// pause that began at `speech_end_ms` (semantic VAD). Sent to every
     /// stage: the VAD, upstream, turns it into the silence to wait for.
@@ -74,6 +78,8 @@ pub enum SystemKind {
         speech_end_ms: u64,
         score: f32,
         text: String,
+        /// What scoring took (ms of wall time, prefill on the blocking pool).
+        scoring_ms: u64,
     },
     /// The user barged in: every response up to and including `response_id`
     /// is dead. Queued frames of dead responses are flushed everywhere.
@@ -97,6 +103,7 @@ impl SystemKind {
             self,
             SystemKind::Interrupt { .. }
                 | SystemKind::EndOfTurnScore { .. }
+                | SystemKind::SpeechResumed { .. }
                 | SystemKind::Cancel { .. }
                 | SystemKind::PauseOutput { .. }
                 | SystemKind::ResumeOutput { .. }

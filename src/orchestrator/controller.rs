@@ -97,6 +97,14 @@ pub struct ControllerParams {
     /// from a long history.
     #[serde(default)]
     pub history_turns: Option<usize>,
+    /// Under semantic VAD, start answering during a pause whose end-of-turn
+    /// score is at least `speculation_threshold`, into a held buffer that
+    /// is released the moment the turn is committed on the same words
+    /// (and thrown away without a trace otherwise).
+    #[serde(default = "default_true")]
+    pub speculative: bool,
+    #[serde(default = "default_speculation_threshold")]
+    pub speculation_threshold: f32,
 }
 
 fn default_instructions() -> String {
@@ -117,6 +125,11 @@ fn default_min_interruption_words() -> usize {
 fn default_min_clause_words() -> usize {
     3
 }
+/// Under the `auto` eagerness a score of 0.01 waits about 440 ms of
+/// silence: long enough to get the LLM's prefill and first clause done.
+fn default_speculation_threshold() -> f32 {
+    0.01
+}
 fn default_user() -> String {
     "default".into()
 }
@@ -131,6 +144,12 @@ impl ControllerParams {
         }
         if !(0.0..=2.0).contains(&self.temperature) {
             anyhow::bail!("temperature must be 0..2, got {}", self.temperature);
+        }
+        if !(0.0..=1.0).contains(&self.speculation_threshold) {
+            anyhow::bail!(
+                "speculation_threshold must be 0..1, got {}",
+                self.speculation_threshold
+            );
         }
         for m in &self.modalities {
             if m != "audio" && m != "text" {
@@ -170,6 +189,44 @@ struct ResponseOverrides {
     max_tokens: Option<usize>,
 }
 
+/// What a user turn brings before the answer: what memory recalled, how the
+/// router decided, the prompt of the user's message, the tool chosen.
+struct Prepared {
+    recalled: Option<Vec<super::memory::Recalled>>,
+    decision: Decision,
+    /// The scene put before the words, when the turn asked about it.
+    vision_context: Option<String>,
+    prompt: Option<String>,
+    tool: Option<realtime::Tool>,
+}
+
+/// Whether a generation's output may be seen yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Gate {
+    /// Speculative: keep everything (no events, no clauses).
+    Held,
+    /// Adopted: send what was held, then go on as usual.
+    Release { held_ms: u64 },
+    /// Thrown away: nothing is ever sent.
+    Discard,
+}
+
+/// An answer started during a pause, on the words heard up to it.
+struct Speculation {
+    /// The user item and the pause it answers.
+    item_id: String,
+    speech_end_ms: u64,
+    /// The speculated words, normalized.
+    words: Vec<String>,
+    prepared: Prepared,
+    /// The response id it takes if adopted.
+    response_id: ResponseId,
+    cancel: Arc<AtomicBool>,
+    gate: tokio::sync::watch::Sender<Gate>,
+    task: JoinHandle<Generated>,
+    started: std::time::Instant,
+}
+
 /// A possible barge-in on `response_id`, waiting for the user's words.
 struct BargeIn {
     response_id: ResponseId,
@@ -206,6 +263,14 @@ pub struct Controller {
     scene: Option<Arc<crate::vision::expert::Scene>>,
     /// Session time of the latest frame (for the scene's "for 12 s").
     now_ms: u64,
+    /// The held answer of the current pause.
+    speculation: Option<Speculation>,
+    /// A discarded speculation still stopping (it holds the engine).
+    discarded: Option<JoinHandle<Generated>>,
+    /// The last pause the user spoke through: (item, speech end).
+    resumed: Option<(String, u64)>,
+    /// The last user item whose turn the VAD ended.
+    stopped: Option<String>,
 }
 
 fn now_unix_ms() -> i64 {
@@ -254,6 +319,10 @@ impl Controller {
             decisions: Vec::new(),
             scene: None,
             now_ms: 0,
+            speculation: None,
+            discarded: None,
+            resumed: None,
+            stopped: None,
         })
     }
 
@@ -281,6 +350,11 @@ impl Controller {
     /// Waits for the generation in flight and files its answer in the
     /// conversation (only the heard part if it was interrupted).
     async fn settle(&mut self, ctx: &Ctx) -> Result<()> {
+        if let Some(task) = self.discarded.take() {
+            // A thrown-away answer only gives the engine back.
+            let generated = task.await.context("LLM task failed")?;
+            self.llm = generated.llm;
+        }
         let Some(active) = self.active.take() else {
             return Ok(());
         };
@@ -405,44 +479,142 @@ impl Controller {
     async fn on_user_final(&mut self, item_id: &str, text: &str, ctx: &Ctx) -> Result<()> {
         let words: Vec<String> = text.split_whitespace().map(String::from).collect();
         if self.judge_barge_in(&words, true, ctx).await? {
+            self.discard_speculation("backchannel", ctx);
             return Ok(()); // a backchannel: not a turn
         }
         if words.is_empty() {
+            self.discard_speculation("empty_final", ctx);
             return Ok(());
         }
-        self.settle(ctx).await?;
-
-        // Route, recall, remember.
-        let recalled = match &self.memory {
-            Some(memory) => {
-                let memory = memory.clone();
-                let query = text.to_string();
-                let k = self.params.recall_k;
-                tokio::task::spawn_blocking(move || {
-                    let mut m = memory
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
-                    let found = m.recall(&query, k, now_unix_ms())?;
-                    m.remember(Modality::User, &query, now_unix_ms())?;
-                    anyhow::Ok(Some(found))
-                })
-                .await
-                .context("memory task failed")??
-            }
-            None => None,
-        };
-        // Of the top k, only those close to the best match: weaker ones are
-        // noise a small model copies from.
-        let recalled = recalled.map(|mut found| {
-            // The same words said before tell nothing new ("what is my
-            // name?" asked in an earlier session).
-            let asked = crate::asr::wer::normalize(text);
-            found.retain(|r| crate::asr::wer::normalize(&r.item.text) != asked);
-            let best = found.first().map_or(0.0, |r| r.score);
-            found.retain(|r| r.score >= RECALL_RELATIVE_FLOOR * best);
-            found
+        // A speculative answer on the very words of the final is adopted.
+        let adopt = self.speculation.as_ref().is_some_and(|s| {
+            s.item_id == item_id
+                && s.words == crate::asr::wer::normalize(text)
+                && self.params.create_response
         });
-        if let Some(found) = &recalled {
+        if adopt && let Some(spec) = self.speculation.take() {
+            self.commit_user_turn(item_id, text, &spec.prepared, ctx)
+                .await?;
+            self.adopt(spec, ctx);
+            return Ok(());
+        }
+        self.discard_speculation("final_differs", ctx);
+        self.settle(ctx).await?;
+        let prepared = self.prepare(text).await?;
+        let tool = self.commit_user_turn(item_id, text, &prepared, ctx).await?;
+        if self.params.create_response {
+            match tool {
+                Some(tool) => self.call_tool(tool, text, ctx)?,
+                None => self.respond(ResponseOverrides::default(), ctx)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes a user turn and recalls what memory knows for it, changing
+    /// nothing: the prompt the turn's message will have, and the tool the
+    /// router chose.
+    fn prepare(
+        &self,
+        text: &str,
+    ) -> impl std::future::Future<Output = Result<Prepared>> + Send + 'static {
+        let memory = self.memory.clone();
+        let k = self.params.recall_k;
+        let tools = self.tools.clone();
+        let tool_specs = self.tool_specs.clone();
+        let tool_choice = self.tool_choice.clone();
+        let text = text.to_string();
+        let scene = self.scene.as_ref().map(|s| s.describe(self.now_ms));
+        async move {
+            prepare_turn(memory, k, &tools, &tool_specs, &tool_choice, scene, &text).await
+        }
+    }
+}
+
+async fn prepare_turn(
+    memory: Option<Arc<Mutex<Memory>>>,
+    k: usize,
+    tools: &[router::ToolInfo],
+    tool_specs: &[realtime::Tool],
+    tool_choice: &str,
+    scene: Option<String>,
+    text: &str,
+) -> Result<Prepared> {
+    let recalled = match memory {
+        Some(memory) => {
+            let query = text.to_string();
+            tokio::task::spawn_blocking(move || {
+                let m = memory
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("memory lock poisoned"))?;
+                anyhow::Ok(Some(m.recall(&query, k, now_unix_ms())?))
+            })
+            .await
+            .context("memory task failed")??
+        }
+        None => None,
+    };
+    // Of the top k, only those close to the best match: weaker ones are
+    // noise a small model copies from.
+    let recalled = recalled.map(|mut found| {
+        // The same words said before tell nothing new ("what is my
+        // name?" asked in an earlier session).
+        let asked = crate::asr::wer::normalize(text);
+        found.retain(|r| crate::asr::wer::normalize(&r.item.text) != asked);
+        let best = found.first().map_or(0.0, |r| r.score);
+        found.retain(|r| r.score >= RECALL_RELATIVE_FLOOR * best);
+        found
+    });
+    let best = recalled.as_ref().and_then(|r| r.first().map(|x| x.score));
+    let decision = router::route(text, best, scene.is_some(), tools);
+    let mut context = String::new();
+    if decision.memory.used
+        && let Some(found) = &recalled
+        && !found.is_empty()
+    {
+        // This framing made SmolLM2-135M use the memory; "Earlier in
+        // our conversations: ..." before the bare question did not.
+        context = format!(
+            "Context from memory:\n{}\n",
+            format_for_prompt(found, now_unix_ms())
+        );
+    }
+    let vision_context = scene.filter(|_| decision.vision.used);
+    if let Some(seen) = vision_context.as_ref().filter(|s| !s.is_empty()) {
+        context.push_str(&format!("Camera: {seen}\n"));
+    }
+    if !context.is_empty() {
+        context.push_str("Question: ");
+    }
+    let tool = decision
+        .tool
+        .as_ref()
+        .filter(|_| tool_choice != "none")
+        .and_then(|name| tool_specs.iter().find(|t| &t.name == name))
+        .cloned();
+    let prompt = (!context.is_empty()).then(|| format!("{context}{text}"));
+    Ok(Prepared {
+        recalled,
+        decision,
+        vision_context,
+        prompt,
+        tool,
+    })
+}
+
+impl Controller {
+    /// Files a user turn: remembers the words, reports what was recalled
+    /// and how the turn was routed, and adds the message to the
+    /// conversation. Returns the tool to call, if the router chose one.
+    async fn commit_user_turn(
+        &mut self,
+        item_id: &str,
+        text: &str,
+        prepared: &Prepared,
+        ctx: &Ctx,
+    ) -> Result<Option<realtime::Tool>> {
+        self.remember(Modality::User, text).await?;
+        if let Some(found) = &prepared.recalled {
             let items: Vec<Value> = found
                 .iter()
                 .map(|r| {
@@ -460,57 +632,22 @@ impl Controller {
                 json!({"item_id": item_id, "items": items}),
             );
         }
-        let best = recalled.as_ref().and_then(|r| r.first().map(|x| x.score));
-        let decision = router::route(text, best, self.scene.is_some(), &self.tools);
         ctx.events().emit(
             "duplex.router.decision",
             0,
-            json!({"item_id": item_id, "decision": decision}),
+            json!({"item_id": item_id, "decision": prepared.decision}),
         );
-        let mut context = String::new();
-        if decision.memory.used
-            && let Some(found) = &recalled
-            && !found.is_empty()
-        {
-            // This framing made SmolLM2-135M use the memory; "Earlier in
-            // our conversations: ..." before the bare question did not.
-            context = format!(
-                "Context from memory:\n{}\n",
-                format_for_prompt(found, now_unix_ms())
-            );
-        }
-        if decision.vision.used
-            && let Some(scene) = &self.scene
-        {
-            let seen = scene.describe(self.now_ms);
-            if !seen.is_empty() {
-                context.push_str(&format!("Camera: {seen}\n"));
-            }
+        if let Some(seen) = &prepared.vision_context {
             ctx.events().emit(
                 "duplex.vision.context",
                 0,
                 json!({"item_id": item_id, "text": seen}),
             );
         }
-        if !context.is_empty() {
-            context.push_str("Question: ");
-        }
-        let tool = decision
-            .tool
-            .as_ref()
-            .filter(|_| self.tool_choice != "none")
-            .and_then(|name| self.tool_specs.iter().find(|t| &t.name == name))
-            .cloned();
-        self.decisions.push(decision);
-        let prompt = (!context.is_empty()).then(|| format!("{context}{text}"));
-        self.conversation.push(item_id, Role::User, text, prompt);
-        if self.params.create_response {
-            match tool {
-                Some(tool) => self.call_tool(tool, text, ctx)?,
-                None => self.respond(ResponseOverrides::default(), ctx)?,
-            }
-        }
-        Ok(())
+        self.decisions.push(prepared.decision.clone());
+        self.conversation
+            .push(item_id, Role::User, text, prepared.prompt.clone());
+        Ok(prepared.tool.clone())
     }
 
     /// Answers with a call of `tool` (its arguments from the LLM) instead of
@@ -593,32 +730,7 @@ impl Controller {
             .modalities
             .unwrap_or_else(|| self.params.modalities.clone());
         self.latency.response(&rid);
-
-        let events = ctx.events();
-        events.emit(
-            "response.created",
-            0,
-            json!({"response": realtime::response_object(&rid, "in_progress", Value::Null, vec![], &modalities, None)}),
-        );
-        let item = realtime::assistant_item(&item_id, "in_progress", &modalities, "");
-        events.emit(
-            "response.output_item.added",
-            0,
-            json!({"response_id": rid, "output_index": 0, "item": item}),
-        );
-        events.emit("conversation.item.added", 0, json!({"item": item}));
-        let audio = modalities.iter().any(|m| m == "audio");
-        let part = if audio {
-            json!({"type": "audio", "transcript": ""})
-        } else {
-            json!({"type": "text", "text": ""})
-        };
-        events.emit(
-            "response.content_part.added",
-            0,
-            json!({"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
-        );
-
+        open_response(&rid, &item_id, &modalities, ctx);
         let cancel = Arc::new(AtomicBool::new(false));
         let mut messages = self.conversation.messages();
         if let (Some(instructions), Some(system)) = (overrides.instructions, messages.first_mut()) {
@@ -629,15 +741,11 @@ impl Controller {
             temperature: self.params.temperature,
             seed: response_id,
         };
-        let chunker = ChunkerOptions {
-            min_clause_words: self.params.min_clause_words,
-            ..ChunkerOptions::default()
-        };
         let task = tokio::spawn(generate(GenerateJob {
             llm,
             messages,
             options,
-            chunker,
+            chunker: self.chunker_options(),
             cancel: cancel.clone(),
             ctx: ctx.clone(),
             latency: self.latency.clone(),
@@ -645,17 +753,211 @@ impl Controller {
             rid,
             item_id: item_id.clone(),
             modalities,
+            gate: None,
         }));
         self.responses_of_items.insert(item_id.clone(), response_id);
         self.start_active(response_id, item_id, cancel, task);
         Ok(())
     }
+
+    fn chunker_options(&self) -> ChunkerOptions {
+        ChunkerOptions {
+            min_clause_words: self.params.min_clause_words,
+            ..ChunkerOptions::default()
+        }
+    }
+
+    /// A pause was scored (semantic VAD): on a likely end of turn, starts
+    /// answering the words heard so far into a held buffer. Nothing of it
+    /// is seen (no events, no clauses, nothing in the conversation or
+    /// memory) unless the turn is committed on the same words.
+    async fn on_score(
+        &mut self,
+        item_id: &str,
+        speech_end_ms: u64,
+        score: f32,
+        text: &str,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        if !self.params.speculative || !self.params.create_response {
+            return Ok(());
+        }
+        let words = crate::asr::wer::normalize(text);
+        if let Some(s) = &self.speculation
+            && s.item_id == item_id
+            && s.speech_end_ms == speech_end_ms
+            && s.words == words
+        {
+            return Ok(()); // already answering these words
+        }
+        if self.resumed.as_ref() == Some(&(item_id.to_string(), speech_end_ms))
+            || self.stopped.as_deref() == Some(item_id)
+        {
+            // The user spoke on, or the turn is already over: too late to
+            // speculate (the answer starts from the final).
+            return Ok(());
+        }
+        self.discard_speculation("rescored", ctx);
+        if score < self.params.speculation_threshold || words.is_empty() {
+            return Ok(());
+        }
+        // Only when the bot is silent: a pause while it talks is a barge-in
+        // or a backchannel, decided on the final.
+        if self.barge_in.is_some() || self.talking().is_some() {
+            return Ok(());
+        }
+        if self.active.as_ref().is_some_and(|a| !a.task.is_finished()) {
+            return Ok(());
+        }
+        self.settle(ctx).await?;
+        let prepared = self.prepare(text).await?;
+        if prepared.tool.is_some() {
+            return Ok(()); // a tool call is not an answer to hold
+        }
+        let mut conversation = self.conversation.clone();
+        conversation.push(item_id, Role::User, text, prepared.prompt.clone());
+        let messages = conversation.messages();
+        let llm = self
+            .llm
+            .take()
+            .context("LLM lost after an earlier failure")?;
+        // The id the answer gets if adopted; nothing is numbered until then.
+        let response_id = self.next_response;
+        let rid = realtime::response_id(response_id);
+        let answer_item = realtime::assistant_item_id(response_id);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (gate, gate_rx) = tokio::sync::watch::channel(Gate::Held);
+        let task = tokio::spawn(generate(GenerateJob {
+            llm,
+            messages,
+            options: GenerateOptions {
+                max_tokens: self.params.max_tokens,
+                temperature: self.params.temperature,
+                seed: response_id,
+            },
+            chunker: self.chunker_options(),
+            cancel: cancel.clone(),
+            ctx: ctx.clone(),
+            latency: self.latency.clone(),
+            response_id,
+            rid,
+            item_id: answer_item,
+            modalities: self.params.modalities.clone(),
+            gate: Some(gate_rx),
+        }));
+        ctx.events().emit(
+            "duplex.turn.speculation",
+            0,
+            // The user's words it answers (never the answer).
+            json!({"state": "started", "item_id": item_id, "speech_end_ms": speech_end_ms, "score": score, "text": text}),
+        );
+        tracing::debug!(item_id, speech_end_ms, score, "speculative answer started");
+        self.speculation = Some(Speculation {
+            item_id: item_id.to_string(),
+            speech_end_ms,
+            words,
+            prepared,
+            response_id,
+            cancel,
+            gate,
+            task,
+            started: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Throws the speculative answer away (if there is one): its generation
+    /// stops within a token and nothing of it was or will be seen; the
+    /// engine comes back at the next [`Controller::settle`].
+    fn discard_speculation(&mut self, reason: &str, ctx: &Ctx) {
+        let Some(spec) = self.speculation.take() else {
+            return;
+        };
+        spec.cancel.store(true, Ordering::SeqCst);
+        let _ = spec.gate.send(Gate::Discard);
+        ctx.events().emit(
+            "duplex.turn.speculation",
+            0,
+            json!({
+                "state": "discarded",
+                "item_id": spec.item_id,
+                "speech_end_ms": spec.speech_end_ms,
+                "reason": reason,
+                "held_ms": spec.started.elapsed().as_millis() as u64,
+            }),
+        );
+        tracing::debug!(
+            item_id = spec.item_id,
+            reason,
+            "speculative answer discarded"
+        );
+        self.discarded = Some(spec.task);
+    }
+
+    /// The turn was committed on the speculated words: the held answer
+    /// becomes the response, released at once and generating on.
+    fn adopt(&mut self, spec: Speculation, ctx: &Ctx) {
+        let response_id = spec.response_id;
+        self.next_response = response_id + 1;
+        let rid = realtime::response_id(response_id);
+        let item_id = realtime::assistant_item_id(response_id);
+        self.latency.response(&rid);
+        open_response(&rid, &item_id, &self.params.modalities, ctx);
+        let held_ms = spec.started.elapsed().as_millis() as u64;
+        let _ = spec.gate.send(Gate::Release { held_ms });
+        ctx.events().emit(
+            "duplex.turn.speculation",
+            0,
+            json!({
+                "state": "adopted",
+                "item_id": spec.item_id,
+                "speech_end_ms": spec.speech_end_ms,
+                "response_id": rid,
+                "held_ms": held_ms,
+            }),
+        );
+        self.responses_of_items.insert(item_id.clone(), response_id);
+        self.start_active(response_id, item_id, spec.cancel, spec.task);
+    }
+}
+
+/// The first events of a response (created, its item and content part).
+fn open_response(rid: &str, item_id: &str, modalities: &[String], ctx: &Ctx) {
+    let events = ctx.events();
+    events.emit(
+        "response.created",
+        0,
+        json!({"response": realtime::response_object(rid, "in_progress", Value::Null, vec![], modalities, None)}),
+    );
+    let item = realtime::assistant_item(item_id, "in_progress", modalities, "");
+    events.emit(
+        "response.output_item.added",
+        0,
+        json!({"response_id": rid, "output_index": 0, "item": item}),
+    );
+    events.emit("conversation.item.added", 0, json!({"item": item}));
+    let audio = modalities.iter().any(|m| m == "audio");
+    let part = if audio {
+        json!({"type": "audio", "transcript": ""})
+    } else {
+        json!({"type": "text", "text": ""})
+    };
+    events.emit(
+        "response.content_part.added",
+        0,
+        json!({"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+    );
 }
 
 impl Controller {
     /// Acts on a client's request.
     async fn on_control(&mut self, control: &Control, t_ms: u64, ctx: &Ctx) -> Result<()> {
         let events = ctx.events();
+        // A client's request may change what the answer would be (or
+        // cancel it): a held answer is thrown away.
+        if !matches!(control, Control::Retrieve { .. }) {
+            self.discard_speculation("client_request", ctx);
+        }
         match control {
             Control::Configure(settings) => self.configure(settings),
             Control::ClearInput => {}
@@ -915,10 +1217,68 @@ struct GenerateJob {
     rid: String,
     item_id: String,
     modalities: Vec<String>,
+    /// A speculative answer's gate (`None`: seen as it comes).
+    gate: Option<tokio::sync::watch::Receiver<Gate>>,
+}
+
+/// Most pieces a held answer generates before it waits for the commit (a
+/// text answer has no clauses to tell when its opening is ready).
+const HELD_PIECES: usize = 24;
+
+/// Where a generation's text goes once it may be seen: text deltas as
+/// events, and (spoken answers) clauses to the TTS.
+struct Forward {
+    ctx: Ctx,
+    latency: Arc<Latency>,
+    response_id: ResponseId,
+    rid: String,
+    item_id: String,
+    audio: bool,
+    chunker: ClauseChunker,
+    /// What was sent as text deltas.
+    sent: String,
+}
+
+impl Forward {
+    async fn piece(&mut self, piece: &str) {
+        self.latency.mark(Stage::LlmFirstToken);
+        self.sent.push_str(piece);
+        let delta_event = if self.audio {
+            "response.output_audio_transcript.delta"
+        } else {
+            "response.output_text.delta"
+        };
+        self.ctx.events().emit(
+            delta_event,
+            0,
+            json!({"response_id": self.rid, "item_id": self.item_id, "output_index": 0, "content_index": 0, "delta": piece}),
+        );
+        if self.audio {
+            for clause in self.chunker.push(piece) {
+                self.clause(clause).await;
+            }
+        }
+    }
+
+    async fn clause(&self, clause: String) {
+        self.latency.mark(Stage::FirstClause);
+        self.ctx
+            .send(DataFrame {
+                t_ms: 0,
+                response_id: self.response_id,
+                payload: Payload::Clause {
+                    item_id: self.item_id.clone(),
+                    text: clause,
+                },
+            })
+            .await;
+    }
 }
 
 /// Runs one generation: the LLM on the blocking pool, its text pieces
-/// streamed here into events and clauses.
+/// streamed here into events and clauses. A speculative generation (with a
+/// gate) keeps its pieces until the gate opens, and shows nothing at all if
+/// it is discarded.
 async fn generate(job: GenerateJob) -> Generated {
     let GenerateJob {
         mut llm,
@@ -932,10 +1292,19 @@ async fn generate(job: GenerateJob) -> Generated {
         rid,
         item_id,
         modalities,
+        mut gate,
     } = job;
     let audio = modalities.iter().any(|m| m == "audio");
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let flag = cancel.clone();
+    // Set once a held answer has its first clause: the engine then waits
+    // for the commit instead of taking the cores from the recognizer and
+    // the scorer (a speculation is there to hide the prefill and the first
+    // clause, not the whole answer).
+    let park = Arc::new(AtomicBool::new(false));
+    let parked = park.clone();
+    let mut parked_gate = gate.clone();
+    let runtime = tokio::runtime::Handle::current();
     let blocking = tokio::task::spawn_blocking(move || {
         // Pieces the engine produced after the cancel flag was raised (the
         // engine promises at most one).
@@ -944,58 +1313,89 @@ async fn generate(job: GenerateJob) -> Generated {
             if flag.load(Ordering::SeqCst) {
                 after_cancel += 1;
             }
-            tx.send(piece.to_string()).is_ok()
+            let sent = tx.send(piece.to_string()).is_ok();
+            if parked.swap(false, Ordering::SeqCst)
+                && let Some(g) = parked_gate.as_mut()
+            {
+                // Released or discarded (the cancel flag then stops it).
+                let _ = runtime.block_on(g.wait_for(|s| *s != Gate::Held));
+            }
+            sent
         };
         let usage = llm.generate(&messages, &options, &flag, &mut on_text);
         (llm, usage, after_cancel)
     });
-    let mut chunker = ClauseChunker::new(chunker);
+    let mut forward = Forward {
+        ctx: ctx.clone(),
+        latency: latency.clone(),
+        response_id,
+        rid: rid.clone(),
+        item_id: item_id.clone(),
+        audio,
+        chunker: ClauseChunker::new(chunker),
+        sent: String::new(),
+    };
     let mut text = String::new();
-    let mut sent = String::new();
-    let delta_event = if audio {
-        "response.output_audio_transcript.delta"
-    } else {
-        "response.output_text.delta"
+    // Pieces kept while the gate is held, and a chunker that only tells
+    // when they make a first clause.
+    let mut held: Vec<String> = Vec::new();
+    let mut probe = ClauseChunker::new(chunker);
+    // A gated generation starts held even if the gate opened before this
+    // task ran: the release is then handled (and noted) below.
+    let mut state = match gate {
+        Some(_) => Gate::Held,
+        None => Gate::Release { held_ms: 0 },
     };
-    let send_clause = |clause: String| {
-        let ctx = &ctx;
-        let item_id = item_id.clone();
-        async move {
-            ctx.send(DataFrame {
-                t_ms: 0,
-                response_id,
-                payload: Payload::Clause {
-                    item_id,
-                    text: clause,
+    let mut generating = true;
+    loop {
+        if state == Gate::Held {
+            let Some(g) = gate.as_mut() else { break };
+            tokio::select! {
+                piece = rx.recv(), if generating => match piece {
+                    Some(piece) => {
+                        text.push_str(&piece);
+                        if !probe.push(&piece).is_empty() || held.len() + 1 >= HELD_PIECES {
+                            park.store(true, Ordering::SeqCst);
+                        }
+                        held.push(piece);
+                    }
+                    None => generating = false,
                 },
-            })
-            .await;
-        }
-    };
-    while let Some(piece) = rx.recv().await {
-        if text.is_empty() {
-            latency.mark(Stage::LlmFirstToken);
-        }
-        text.push_str(&piece);
-        if ctx.is_dead(response_id) || cancel.load(Ordering::SeqCst) {
+                changed = async { g.wait_for(|s| *s != Gate::Held).await.map(|s| *s) } => {
+                    // The controller gone counts as a discard.
+                    state = changed.unwrap_or(Gate::Discard);
+                    if let Gate::Release { held_ms } = state {
+                        let ready = json!({
+                            "held_ms": held_ms,
+                            "pieces_ready": held.len(),
+                            "chars_ready": text.len(),
+                            "finished_before_commit": !generating,
+                        });
+                        latency.speculated(ready);
+                        for piece in std::mem::take(&mut held) {
+                            forward.piece(&piece).await;
+                        }
+                    }
+                }
+            }
             continue;
         }
-        sent.push_str(&piece);
-        ctx.events().emit(
-            delta_event,
-            0,
-            json!({"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0, "delta": piece}),
-        );
-        if audio {
-            for clause in chunker.push(&piece) {
-                latency.mark(Stage::FirstClause);
-                send_clause(clause).await;
-            }
+        if !generating {
+            break;
         }
+        let Some(piece) = rx.recv().await else { break };
+        text.push_str(&piece);
+        if state == Gate::Discard || ctx.is_dead(response_id) || cancel.load(Ordering::SeqCst) {
+            continue;
+        }
+        forward.piece(&piece).await;
     }
+    // Seen at all: released (or never gated).
+    let seen = matches!(state, Gate::Release { .. });
     let (llm, usage) = match blocking.await {
         Ok((llm, usage, after_cancel)) => {
-            if cancel.load(Ordering::SeqCst)
+            if seen
+                && cancel.load(Ordering::SeqCst)
                 && let Ok(u) = &usage
             {
                 ctx.events().emit(
@@ -1005,7 +1405,7 @@ async fn generate(job: GenerateJob) -> Generated {
                         "response_id": rid,
                         "output_tokens": u.output_tokens,
                         "pieces_after_cancel": after_cancel,
-                        "sent_text": sent.trim(),
+                        "sent_text": forward.sent.trim(),
                     }),
                 );
             }
@@ -1014,10 +1414,9 @@ async fn generate(job: GenerateJob) -> Generated {
         // The engine panicked: it cannot be used again.
         Err(e) => (None, Err(anyhow::anyhow!("the LLM crashed: {e}"))),
     };
-    if !ctx.is_dead(response_id) && !cancel.load(Ordering::SeqCst) {
-        if audio && let Some(rest) = chunker.finish() {
-            latency.mark(Stage::FirstClause);
-            send_clause(rest).await;
+    if seen && !ctx.is_dead(response_id) && !cancel.load(Ordering::SeqCst) {
+        if audio && let Some(rest) = forward.chunker.finish() {
+            forward.clause(rest).await;
         }
         let tokens = usage
             .as_ref()
@@ -1039,7 +1438,7 @@ async fn generate(job: GenerateJob) -> Generated {
     Generated {
         llm,
         text: text.trim().to_string(),
-        sent: sent.trim().to_string(),
+        sent: forward.sent.trim().to_string(),
         usage,
     }
 }
@@ -1097,7 +1496,39 @@ impl Actor for Controller {
     }
 
     async fn on_system(&mut self, frame: &SystemFrame, ctx: &Ctx) -> Result<()> {
+        match &frame.kind {
+            SystemKind::EndOfTurnScore {
+                item_id,
+                speech_end_ms,
+                score,
+                text,
+                ..
+            } => {
+                return self
+                    .on_score(item_id, *speech_end_ms, *score, text, ctx)
+                    .await;
+            }
+            SystemKind::SpeechResumed {
+                item_id,
+                speech_end_ms,
+            } => {
+                self.resumed = Some((item_id.clone(), *speech_end_ms));
+                if self
+                    .speculation
+                    .as_ref()
+                    .is_some_and(|s| &s.item_id == item_id && s.speech_end_ms == *speech_end_ms)
+                {
+                    self.discard_speculation("speech_resumed", ctx);
+                }
+                return Ok(());
+            }
+            SystemKind::SpeechStopped { item_id, .. } => {
+                self.stopped = Some(item_id.clone());
+            }
+            _ => {}
+        }
         if let SystemKind::SpeechStarted { .. } = &frame.kind {
+            self.discard_speculation("speech_started", ctx);
             self.partial_words.clear();
             if self.params.interrupt_response
                 && self.barge_in.is_none()
@@ -1114,6 +1545,7 @@ impl Actor for Controller {
     }
 
     async fn on_end(&mut self, ctx: &Ctx) -> Result<()> {
+        self.discard_speculation("session_ended", ctx);
         if let Some(b) = self.barge_in.take() {
             ctx.raise(
                 0,

@@ -72,6 +72,7 @@ impl TurnActor {
                 speech_end_ms,
                 score,
                 text: text.to_string(),
+                scoring_ms: started.elapsed().as_millis() as u64,
             },
         );
         Ok(())
