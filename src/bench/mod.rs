@@ -10,6 +10,8 @@
 //! - [`llm`]: the local LLM engine against llama.cpp on the same GGUF;
 //! - [`tts`]: clause to first audio, phonemizer, TTS real-time factor,
 //!   avatar render, the voice turn's waterfall;
+//! - [`vision`]: EfficientNet-Lite0 with spatial and temporal token
+//!   pruning, per keep ratio against the unpruned run;
 //! - [`voice`]: voice-to-voice latency over the Realtime API socket against
 //!   the same pipeline in-process, and concurrent real-time sessions.
 
@@ -18,6 +20,7 @@ pub mod conformer;
 pub mod graph;
 pub mod llm;
 pub mod tts;
+pub mod vision;
 pub mod voice;
 
 pub use graph::{ChainResult, graph, print_graph};
