@@ -1043,6 +1043,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_model_can_be_shared_across_sessions() {
+        fn shared<T: Send + Sync>() {}
+        shared::<EfficientNetLite0>();
+        shared::<std::sync::Arc<EfficientNetLite0>>();
+    }
+
+    #[test]
     fn top_k_is_sorted_softmax() {
         let logits = vec![0.0, 2.0, 1.0];
         let top = top_k(&logits, 2);
