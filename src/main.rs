@@ -140,6 +140,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// EfficientNet-Lite0 with training-free token pruning on the real test
+    /// photos: per keep ratio, median ms per step, top-1 agreement and
+    /// late-stage MACs against the unpruned run; temporal reuse on a still
+    /// and a panning clip.
+    Vision {
+        /// Folder of test photos (`scripts/setup --dev` fills it).
+        #[arg(long, default_value = "target/test-photos")]
+        photos: PathBuf,
+        /// Keep ratios, comma-separated (1.0 is always measured).
+        #[arg(long, value_delimiter = ',', default_values_t = [1.0f32, 0.5, 0.33, 0.11])]
+        ratios: Vec<f32>,
+    },
     /// Voice-to-voice latency over the Realtime API socket (end of user
     /// speech sent -> first answer audio received; median, p95) on the ten
     /// pocketsphinx-testdata clips, against the same pipeline in-process;
@@ -330,6 +342,21 @@ async fn dispatch(command: Command) -> Result<()> {
                         .await
                         .context("Conformer benchmark thread")??;
                 duplex::bench::conformer::print(&report);
+                Ok(())
+            }
+            BenchCommand::Vision { photos, ratios } => {
+                let options = duplex::bench::vision::BenchOptions {
+                    photos,
+                    ratios,
+                    ..Default::default()
+                };
+                let store = ModelStore::from_env();
+                let report = tokio::task::spawn_blocking(move || {
+                    duplex::bench::vision::run(&store, &options)
+                })
+                .await
+                .context("vision benchmark thread")??;
+                duplex::bench::vision::print(&report);
                 Ok(())
             }
             BenchCommand::Voice {

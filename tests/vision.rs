@@ -178,18 +178,21 @@ fn pruning_keeps_the_answer_and_cuts_late_work() {
     let dense_macs = dense[0].macs;
     println!("variant                          ratio  agree  late MACs");
 
-    for (rule, real, fill) in [
-        (StrideRule::Cell, true, Fill::Zero),
-        (StrideRule::Cell, true, Fill::Nearest),
-        (StrideRule::Cell, true, Fill::Mean),
-        (StrideRule::Cell, false, Fill::Nearest),
-        (StrideRule::Centre, true, Fill::Nearest),
+    for (rule, real, fill, sparse_from) in [
+        (StrideRule::Cell, true, Fill::Zero, 8),
+        (StrideRule::Cell, true, Fill::Nearest, 8),
+        (StrideRule::Cell, true, Fill::Mean, 8),
+        (StrideRule::Cell, false, Fill::Nearest, 8),
+        (StrideRule::Centre, true, Fill::Nearest, 8),
+        (StrideRule::Cell, true, Fill::Nearest, 11),
+        (StrideRule::Cell, true, Fill::Zero, 11),
     ] {
         for ratio in [0.5f32, 0.33, 0.11] {
             let cfg = PruneConfig {
                 stride_rule: rule,
                 real_neighbours: real,
                 fill,
+                sparse_from,
                 ..PruneConfig::new(ratio)
             };
             let mut agree = 0;
@@ -206,7 +209,7 @@ fn pruning_keeps_the_answer_and_cuts_late_work() {
             let macs = macs as f64 / frames.len() as f64;
             println!(
                 "{:32} {ratio:5.2} {:5.1}% {:6.1} M ({:4.1}% of dense)",
-                format!("{rule:?}, real {real}, {fill:?}"),
+                format!("{rule:?}, real {real}, {fill:?}, from {sparse_from}"),
                 share * 100.0,
                 macs / 1e6,
                 macs / dense_macs as f64 * 100.0

@@ -13,6 +13,8 @@
 //! - [`turn`]: end-of-turn scoring per pause, and voice-to-voice latency
 //!   with semantic VAD (with and without speculative answers) against
 //!   server VAD;
+//! - [`vision`]: EfficientNet-Lite0 with spatial and temporal token
+//!   pruning, per keep ratio against the unpruned run;
 //! - [`voice`]: voice-to-voice latency over the Realtime API socket against
 //!   the same pipeline in-process, and concurrent real-time sessions.
 
@@ -22,6 +24,7 @@ pub mod graph;
 pub mod llm;
 pub mod tts;
 pub mod turn;
+pub mod vision;
 pub mod voice;
 
 pub use graph::{ChainResult, graph, print_graph};

@@ -32,6 +32,8 @@ use super::pth::PthTensors;
 pub const INPUT: usize = 224;
 /// First late block: the early part ends with stage 4 (14x14x80).
 pub const MID_BLOCK: usize = 8;
+/// The late stride-2 block (14x14 to 7x7).
+pub const STRIDE_BLOCK: usize = 11;
 /// Side of the middle grid (stage 4 output), where spatial pruning happens.
 pub const MID_SIDE: usize = 14;
 /// Channels of the stage-4 output.
@@ -141,6 +143,9 @@ pub struct LatePlan {
     pub real_neighbours: bool,
     /// What depthwise convs read at positions that are not kept.
     pub fill: Fill,
+    /// First late block that runs on the kept tokens only ([`MID_BLOCK`]
+    /// to [`STRIDE_BLOCK`]); the blocks before it run dense.
+    pub sparse_from: usize,
 }
 
 /// What a depthwise conv of the pruned late stages reads at a position that
@@ -201,6 +206,7 @@ impl LatePlan {
             fin: GridMask::full(FINAL_SIDE, FINAL_SIDE),
             real_neighbours: true,
             fill: Fill::Zero,
+            sparse_from: MID_BLOCK,
         }
     }
 }
@@ -800,7 +806,7 @@ impl EfficientNetLite0 {
 
     /// The 7x7 kept mask that a 14x14 kept mask leads to under `rule`.
     pub fn downsample(&self, mid_kept: &[bool], rule: StrideRule) -> Vec<bool> {
-        let k = self.blocks[11].dw.k;
+        let k = self.blocks[STRIDE_BLOCK].dw.k;
         let pad = (k - 1) / 2;
         let mut fin = vec![false; FINAL_SIDE * FINAL_SIDE];
         for oy in 0..FINAL_SIDE {
@@ -835,15 +841,30 @@ impl EfficientNetLite0 {
         let mut blocks: Vec<(Vec<f32>, Vec<f32>)> =
             Vec::with_capacity(self.blocks.len() - MID_BLOCK);
         let mut stage5 = None;
+        let full_mid = GridMask::full(MID_SIDE, MID_SIDE);
+        let first_sparse = plan.sparse_from.clamp(MID_BLOCK, STRIDE_BLOCK);
         for bi in MID_BLOCK..self.blocks.len() {
             let block = &self.blocks[bi];
-            let in_mask = if bi <= 11 { &plan.mid } else { &plan.fin };
-            let out_mask = if bi < 11 { &plan.mid } else { &plan.fin };
+            // Blocks before `sparse_from` run dense on the 14x14 grid.
+            let in_mask = if bi < first_sparse {
+                &full_mid
+            } else if bi <= STRIDE_BLOCK {
+                &plan.mid
+            } else {
+                &plan.fin
+            };
+            let out_mask = if bi < first_sparse && bi < STRIDE_BLOCK {
+                &full_mid
+            } else if bi < STRIDE_BLOCK {
+                &plan.mid
+            } else {
+                &plan.fin
+            };
             let input: &[f32] = match blocks.last() {
                 None => &mid.stage4.data,
                 Some((_, out)) => out.as_slice(),
             };
-            let real = bi == MID_BLOCK && plan.real_neighbours;
+            let real = bi < first_sparse || (bi == first_sparse && plan.real_neighbours);
             let cached = cache.map(|c| &c.blocks[bi - MID_BLOCK]);
             let io = self.run_block(
                 bi, input, in_mask, out_mask, real, plan.fill, cached, &mut macs,
@@ -1020,6 +1041,13 @@ pub fn argmax(logits: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_can_be_shared_across_sessions() {
+        fn shared<T: Send + Sync>() {}
+        shared::<EfficientNetLite0>();
+        shared::<std::sync::Arc<EfficientNetLite0>>();
+    }
 
     #[test]
     fn top_k_is_sorted_softmax() {
