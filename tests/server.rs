@@ -256,16 +256,28 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
+        let event = next_event(ws, deadline)
+            .await
+            .unwrap_or_else(|| panic!("no {want} within {limit:?}"));
+        if event["type"] == want {
+            return event;
+        }
+    }
+}
+
+/// The next server event, or `None` past `deadline`.
+async fn next_event<S>(ws: &mut S, deadline: tokio::time::Instant) -> Option<Value>
+where
+    S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
         let message = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .unwrap_or_else(|_| panic!("no {want} within 10 s"))
+            .ok()?
             .expect("socket open")
             .expect("socket ok");
         if let Message::Text(text) = message {
-            let event: Value = serde_json::from_str(&text).unwrap();
-            if event["type"] == want {
-                return event;
-            }
+            return Some(serde_json::from_str(&text).unwrap());
         }
     }
 }
@@ -561,4 +573,80 @@ async fn run_one_turn(port: u16, pcm: &[u8]) -> (String, Duration) {
         .unwrap_or_default()
         .to_lowercase();
     (transcript, audio_done.elapsed())
+}
+
+/// `pipelines/video.toml` with its memory in `dir`.
+fn video_pipeline(dir: &Path) -> Pipeline {
+    let toml = std::fs::read_to_string("pipelines/video.toml").unwrap();
+    let db = dir.join("memory.sqlite");
+    let toml = toml.replace(
+        "memory_db = \"duplex-memory.sqlite\"",
+        &format!("memory_db = \"{}\"", db.display()),
+    );
+    assert!(
+        toml.contains(&db.display().to_string()),
+        "video.toml names no memory_db"
+    );
+    Pipeline::parse(&toml, Path::new("pipelines/video.toml")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_frame_over_the_socket_is_seen_and_talked_about() {
+    let _serial = SERIAL.lock().await;
+    let dir = common::TempDir::new("server-vision");
+    let server = start_with(video_pipeline(dir.path()), ServerConfig::default()).await;
+    let mut ws = ws_connect(server.port, None).await.unwrap();
+    next_of(&mut ws, "session.created").await;
+    let send = |v: Value| Message::Text(v.to_string().into());
+    ws.send(send(json!({"type": "session.update", "session": {
+        "type": "realtime", "output_modalities": ["text"]}})))
+        .await
+        .unwrap();
+    next_of(&mut ws, "session.updated").await;
+    // A real photograph, as the browser client sends its camera.
+    let photo = std::fs::read(common::test_photo("chelsea.png")).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &photo);
+    ws.send(send(
+        json!({"type": "duplex.input_video.append", "image": b64}),
+    ))
+    .await
+    .unwrap();
+    let frame = next_within(&mut ws, "duplex.vision.frame", Duration::from_secs(60)).await;
+    println!("{frame}");
+    let label = frame["labels"][0]["label"].as_str().unwrap().to_string();
+    assert!(label.contains("cat"), "{frame}");
+    assert!(frame["scene"].as_str().unwrap().contains(&label), "{frame}");
+    // A broken frame is an error for that frame only.
+    let broken = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &photo[..200]);
+    ws.send(send(
+        json!({"type": "duplex.input_video.append", "image": broken}),
+    ))
+    .await
+    .unwrap();
+    let error = next_within(&mut ws, "error", Duration::from_secs(30)).await;
+    assert_eq!(error["error"]["code"], "invalid_image", "{error}");
+    // A typed question about the scene.
+    ws.send(send(json!({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": "What do you see?"}]}})))
+        .await
+        .unwrap();
+    ws.send(send(json!({"type": "response.create"})))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let event = next_event(&mut ws, deadline)
+            .await
+            .expect("no response.done");
+        match event["type"].as_str().unwrap() {
+            "response.output_text.delta" => text.push_str(event["delta"].as_str().unwrap()),
+            "response.done" => break,
+            "error" => panic!("{event}"),
+            _ => {}
+        }
+    }
+    println!("answer: {text}");
+    assert!(text.to_lowercase().contains("cat"), "{text}");
 }

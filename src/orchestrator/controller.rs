@@ -976,9 +976,14 @@ impl Controller {
                         "The function you called returned: {text}\nTell me the answer in one short spoken sentence."
                     )
                 });
-                self.conversation.push(item_id, *role, text, prompt);
-                if *role == Role::User {
-                    self.remember(Modality::User, text).await?;
+                if *role == Role::User && call_id.is_none() {
+                    // A typed message gets the experts a spoken one gets
+                    // (memory, the camera); its answer waits for
+                    // response.create.
+                    let prepared = self.prepare(text).await?;
+                    self.commit_user_turn(item_id, text, &prepared, ctx).await?;
+                } else {
+                    self.conversation.push(item_id, *role, text, prompt);
                 }
                 let item = match call_id {
                     Some(call_id) => json!({
