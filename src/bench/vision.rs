@@ -8,13 +8,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use image::RgbImage;
 
 use crate::models::ModelStore;
 use crate::vision::efficientnet::{EfficientNetLite0, argmax};
+use crate::vision::analyzer::sightings;
+use crate::vision::expert::{Analysis, ExpertSettings, VisionExpert};
 use crate::vision::prune::{FrameEncoder, PruneConfig, TemporalConfig};
+use crate::vision::sampler::{Activity, FrameSampler, SamplerSettings, Thumbnail};
+use crate::vision::tokens::{Saliency, select_tokens};
 
 use super::median;
 
@@ -67,11 +72,31 @@ pub struct ClipResult {
     pub frames: usize,
 }
 
+/// Visual-token pruning for the expert at one keep ratio.
+#[derive(Debug, Clone)]
+pub struct TokenResult {
+    pub ratio: f32,
+    pub saliency: Saliency,
+    /// Output tokens kept (of 49): what a VLM's LLM would prefill.
+    pub kept_tokens: usize,
+    /// Median ms: selection, classifying the kept tokens, labels, places.
+    pub expert_ms: f64,
+    pub expert_macs: f64,
+    /// Top-1 of the kept tokens' mean logits equal to the dense network's.
+    pub agreement: f64,
+    /// Median prompt tokens of the vision context ("Camera: ...").
+    pub prompt_tokens: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Report {
     pub frames: usize,
     pub photos: usize,
+    /// Median ms per camera frame of the sampler (decode a 640x480 JPEG,
+    /// thumbnail, verdict).
+    pub sampling_ms: f64,
     pub ratios: Vec<RatioResult>,
+    pub tokens: Vec<TokenResult>,
     pub clips: Vec<ClipResult>,
 }
 
@@ -185,6 +210,8 @@ pub fn run(store: &ModelStore, options: &BenchOptions) -> Result<Report> {
             late_macs: macs as f64 / frames.len() as f64,
         });
     }
+    let tokens = token_pruning(store, &model, &frames, &ratios, &reference)?;
+    let sampling_ms = sampling(&frames)?;
     let source = photos
         .iter()
         .find(|(n, _)| n == "chelsea.png")
@@ -232,9 +259,83 @@ pub fn run(store: &ModelStore, options: &BenchOptions) -> Result<Report> {
     Ok(Report {
         frames: frames.len(),
         photos: photos.len(),
+        sampling_ms,
         ratios: results,
+        tokens,
         clips,
     })
+}
+
+/// The sampler's cost per camera frame: each frame as a 640x480 JPEG (what
+/// a browser sends), decoded, thumbnailed and judged.
+fn sampling(frames: &[RgbImage]) -> Result<f64> {
+    let mut sampler = FrameSampler::new(SamplerSettings::default());
+    let mut ms = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let f = image::imageops::resize(f, 640, 480, image::imageops::FilterType::Triangle);
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 70).encode_image(&f)?;
+        let started = Instant::now();
+        let decoded = image::load_from_memory(&jpeg)?.to_rgb8();
+        sampler.consider(i as u64 * 100, Thumbnail::of(&decoded), Activity::Idle);
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(&mut ms))
+}
+
+/// Visual-token pruning on the dense encoder's output, per ratio and
+/// saliency: the expert's cost, agreement with the dense top-1
+/// (`reference`, per frame), and the prompt tokens of the vision context
+/// (SmolLM2's tokenizer, when the model is installed).
+fn token_pruning(
+    store: &ModelStore,
+    model: &Arc<EfficientNetLite0>,
+    frames: &[RgbImage],
+    ratios: &[f32],
+    reference: &[usize],
+) -> Result<Vec<TokenResult>> {
+    let llm = crate::llm::local::LocalModel::load(store).ok();
+    let mut dense = FrameEncoder::new(model.clone(), PruneConfig::new(1.0), TemporalConfig::off());
+    let encoded = frames
+        .iter()
+        .map(|f| dense.encode(f))
+        .collect::<Result<Vec<_>>>()?;
+    let mut results = Vec::new();
+    for &ratio in ratios {
+        for saliency in [Saliency::Global, Saliency::Middle] {
+            if ratio == 1.0 && saliency == Saliency::Middle {
+                continue; // the same tokens
+            }
+            let (mut ms, mut prompt, mut agree, mut macs, mut kept_n) =
+                (vec![], vec![], 0usize, 0u64, 0usize);
+            for (frame, &want) in encoded.iter().zip(reference) {
+                let started = Instant::now();
+                let tokens = &frame.late.tokens;
+                let kept = select_tokens(model, tokens, &frame.stage4, ratio, saliency)?;
+                let seen = sightings(tokens, &kept, &kept.mean_logits, 3);
+                ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                agree += usize::from(argmax(&kept.mean_logits) == want);
+                macs += kept.macs;
+                kept_n = kept.indices.len();
+                let mut expert = VisionExpert::new(ExpertSettings::default());
+                expert.observe(0, &Analysis { sightings: seen });
+                let context = format!("Camera: {}\n", expert.scene().describe(0));
+                if let Some(llm) = &llm {
+                    prompt.push(llm.tokenize(&context)?.len() as f64);
+                }
+            }
+            results.push(TokenResult {
+                ratio,
+                saliency,
+                kept_tokens: kept_n,
+                expert_ms: median(&mut ms),
+                expert_macs: macs as f64 / frames.len() as f64,
+                agreement: agree as f64 / frames.len() as f64,
+                prompt_tokens: median(&mut prompt),
+            });
+        }
+    }
+    Ok(results)
 }
 
 pub fn print(report: &Report) {
@@ -276,6 +377,33 @@ pub fn print(report: &Report) {
             r.agreement * 100.0
         );
     }
+    println!(
+        "\nvisual-token pruning for the expert: the dense encoder's 7x7 output tokens, the kept ones classified (what a VLM's LLM would prefill)"
+    );
+    println!(
+        "{:>5} {:>8} {:>5} {:>10} {:>7} {:>12} {:>7} {:>7} {:>14}",
+        "ratio", "saliency", "kept", "expert ms", "x1.0", "expert MACs", "x1.0", "agree", "prompt tokens"
+    );
+    let base = report.tokens.first().cloned();
+    for t in &report.tokens {
+        let (ms0, macs0) = base.as_ref().map_or((1.0, 1.0), |b| (b.expert_ms, b.expert_macs));
+        println!(
+            "{:>5.2} {:>8} {:>5} {:>10.2} {:>6.2}x {:>10.1} M {:>6.2}x {:>6.1}% {:>14.0}",
+            t.ratio,
+            format!("{:?}", t.saliency).to_lowercase(),
+            t.kept_tokens,
+            t.expert_ms,
+            t.expert_ms / ms0,
+            t.expert_macs / 1e6,
+            t.expert_macs / macs0,
+            t.agreement * 100.0,
+            t.prompt_tokens
+        );
+    }
+    println!(
+        "\nsampling a camera frame (decode a 640x480 JPEG, 16x16 thumbnail, verdict): {:.2} ms median",
+        report.sampling_ms
+    );
     println!(
         "\ntemporal reuse (cosine >= 0.98 at stage 4, scene pooled over 4 frames) against frame by frame, same clip:"
     );

@@ -3,7 +3,7 @@
 //!
 //! Each `Video` frame (JPEG or PNG from the client) is decoded, judged by the
 //! [`FrameSampler`] (content change, and more often while the user speaks)
-//! and, when kept, encoded with token pruning ([`FrameAnalyzer`]); the
+//! and, when kept, encoded and its tokens pruned ([`FrameAnalyzer`]); the
 //! [`VisionExpert`] turns the labels into a [`Scene`] the actor sends
 //! downstream (`Payload::Scene`), with the labels that came into view as
 //! observations for memory. Every other frame passes straight through.
@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use super::analyzer::{AnalyzerSettings, FrameAnalyzer};
 use super::expert::{Analysis, ExpertSettings, VisionExpert};
 use super::sampler::{Activity, FrameSampler, SamplerSettings, Thumbnail, Verdict};
+use super::tokens::Saliency;
 use crate::graph::{Actor, Ctx, DataFrame, INPUT, Payload, SystemFrame, SystemKind};
 use crate::vision::efficientnet::EfficientNetLite0;
 
@@ -37,10 +38,19 @@ const POLL: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisionParams {
-    /// Fraction of the 14x14 middle-stage tokens the later stages run on
-    /// (HiPrune-style spatial pruning); 1 runs the whole network.
+    /// Fraction of the encoder's 7x7 output tokens the vision expert works
+    /// on (HiPrune-style visual-token pruning); 1 keeps them all.
     #[serde(default = "default_keep_ratio")]
     pub keep_ratio: f32,
+    /// How kept tokens are chosen: "global" (cosine with the mean token) or
+    /// "middle" (stage-4 activation norm).
+    #[serde(default = "default_saliency")]
+    pub saliency: Saliency,
+    /// Fraction of the 14x14 stage-4 tokens the encoder's late stages run
+    /// on; 1 runs the whole network (below 1 top-1 agreement collapses:
+    /// `duplex bench vision`).
+    #[serde(default = "default_encoder_keep_ratio")]
+    pub encoder_keep_ratio: f32,
     /// Reuse the later stages' values where the picture did not change
     /// (STORM-style temporal reuse).
     #[serde(default = "default_true")]
@@ -66,7 +76,13 @@ pub struct VisionParams {
 }
 
 fn default_keep_ratio() -> f32 {
-    0.33
+    1.0
+}
+fn default_saliency() -> Saliency {
+    Saliency::Global
+}
+fn default_encoder_keep_ratio() -> f32 {
+    1.0
 }
 fn default_true() -> bool {
     true
@@ -92,8 +108,13 @@ fn default_observe_confidence() -> f32 {
 
 impl VisionParams {
     pub fn validate(&self) -> Result<()> {
-        if !(self.keep_ratio > 0.0 && self.keep_ratio <= 1.0) {
-            anyhow::bail!("keep_ratio must be in (0, 1], got {}", self.keep_ratio);
+        for (name, v) in [
+            ("keep_ratio", self.keep_ratio),
+            ("encoder_keep_ratio", self.encoder_keep_ratio),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                anyhow::bail!("{name} must be in (0, 1], got {v}");
+            }
         }
         if !(0.0..=1.0).contains(&self.change_threshold) {
             anyhow::bail!(
@@ -166,6 +187,8 @@ impl VisionActor {
             model,
             AnalyzerSettings {
                 keep_ratio: params.keep_ratio,
+                saliency: params.saliency,
+                encoder_keep_ratio: params.encoder_keep_ratio,
                 temporal_reuse: params.temporal_reuse,
                 ..AnalyzerSettings::default()
             },

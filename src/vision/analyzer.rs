@@ -1,9 +1,10 @@
 //! The frame analyzer: one camera frame in, the vision expert's input out.
 //!
-//! [`FrameAnalyzer`] runs a stream's [`FrameEncoder`] (EfficientNet-Lite0
-//! with spatial token pruning and temporal reuse) and turns its output into
-//! an [`Analysis`]: the top ImageNet labels of the scene feature (pooled over
-//! the kept tokens and the last few frames), grouped by kind (three cat
+//! [`FrameAnalyzer`] runs a stream's [`FrameEncoder`] (EfficientNet-Lite0,
+//! with temporal reuse of its late stages), keeps `keep_ratio` of its output
+//! tokens ([`super::tokens`]) and classifies only those, and turns them into
+//! an [`Analysis`]: the top ImageNet labels of the kept tokens' mean logits
+//! (pooled over the last few frames), grouped by kind (three cat
 //! classes are one cat), each placed where it scores highest among the kept
 //! tokens (a softmax-weighted centre of its per-token logits), with names a
 //! listener understands ("tabby" is said "tabby cat", a dog breed gets
@@ -16,10 +17,11 @@ use anyhow::Result;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::efficientnet::{EfficientNetLite0, FINAL_SIDE, Prediction, Token, top_k};
+use super::efficientnet::{EfficientNetLite0, FINAL_SIDE, Prediction, Token, top_k as top_k_of};
 use super::expert::{Analysis, Sighting};
 use super::imagenet;
 use super::prune::{FrameEncoder, PruneConfig, TemporalConfig};
+use super::tokens::{KeptTokens, Saliency, TokenPooler, select_tokens};
 
 /// ImageNet-1k classes 151..=268 are dog breeds.
 const DOG_BREEDS: std::ops::RangeInclusive<usize> = 151..=268;
@@ -29,8 +31,14 @@ const TABBY: usize = 281;
 /// How a stream is analysed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AnalyzerSettings {
-    /// Fraction of the middle-stage tokens the late stages run on.
+    /// Fraction of the encoder's 7x7 output tokens the expert works on.
     pub keep_ratio: f32,
+    /// How the kept tokens are chosen.
+    pub saliency: Saliency,
+    /// Fraction of the 14x14 stage-4 tokens the encoder's late stages run
+    /// on (1: dense; lower cuts compute but loses agreement, see
+    /// [`super::prune`]).
+    pub encoder_keep_ratio: f32,
     /// Reuse late-stage values where the picture did not change, and pool
     /// the scene over the last few frames.
     pub temporal_reuse: bool,
@@ -42,6 +50,8 @@ impl Default for AnalyzerSettings {
     fn default() -> Self {
         AnalyzerSettings {
             keep_ratio: 0.33,
+            saliency: Saliency::Global,
+            encoder_keep_ratio: 1.0,
             temporal_reuse: true,
             top_k: 3,
         }
@@ -55,20 +65,25 @@ pub struct AnalysisTimings {
     pub early_ms: f64,
     pub select_ms: f64,
     pub late_ms: f64,
-    /// Labels and where they are (the expert's part).
+    /// Token selection, classifying the kept tokens, labels and places.
     pub expert_ms: f64,
-    /// Middle-stage tokens kept, of them recomputed (the rest reused).
-    pub kept_tokens: usize,
+    /// Stage-4 tokens the late stages ran on, of them recomputed (the rest
+    /// reused from the previous frame).
+    pub encoder_tokens: usize,
     pub computed_tokens: usize,
-    /// Multiply-accumulates of the late stages and head.
+    /// Output tokens the expert worked on (of 49).
+    pub kept_tokens: usize,
+    /// Multiply-adds of the late stages and head, and of the expert.
     pub late_macs: u64,
+    pub expert_macs: u64,
 }
 
 /// One camera stream's analyzer (the model is shared).
 pub struct FrameAnalyzer {
     model: Arc<EfficientNetLite0>,
     encoder: FrameEncoder,
-    top_k: usize,
+    pooler: TokenPooler,
+    settings: AnalyzerSettings,
 }
 
 impl FrameAnalyzer {
@@ -81,11 +96,12 @@ impl FrameAnalyzer {
         FrameAnalyzer {
             encoder: FrameEncoder::new(
                 model.clone(),
-                PruneConfig::new(settings.keep_ratio),
+                PruneConfig::new(settings.encoder_keep_ratio),
                 temporal,
             ),
+            pooler: TokenPooler::new(temporal.window),
             model,
-            top_k: settings.top_k.max(1),
+            settings,
         }
     }
 
@@ -94,41 +110,54 @@ impl FrameAnalyzer {
     pub fn analyze(&mut self, image: &RgbImage) -> Result<(Analysis, AnalysisTimings)> {
         let frame = self.encoder.encode(image)?;
         let started = Instant::now();
-        let groups = group_by_kind(&top_k(&frame.scene_logits, CANDIDATES), self.top_k);
-        // Per kept token, the logit of each group's most likely class.
-        let classes: Vec<usize> = groups.iter().map(|g| g.best_class).collect();
-        let per_token: Vec<Vec<f32>> = frame
-            .late
-            .tokens
-            .iter()
-            .map(|t| self.model.class_logits(&t.feature, &classes))
-            .collect::<Result<_>>()?;
-        let sightings = groups
-            .into_iter()
-            .enumerate()
-            .map(|(k, g)| {
-                let (x, y) = centre(&frame.late.tokens, &per_token, k, FINAL_SIDE as f32);
-                Sighting {
-                    label: g.label,
-                    kinds: g.kinds,
-                    confidence: g.probability,
-                    x,
-                    y,
-                }
-            })
-            .collect();
+        let tokens = &frame.late.tokens;
+        let kept = select_tokens(
+            &self.model,
+            tokens,
+            &frame.stage4,
+            self.settings.keep_ratio,
+            self.settings.saliency,
+        )?;
+        let scene = self.pooler.push(kept.mean_logits.clone());
+        let sightings = sightings(tokens, &kept, &scene, self.settings.top_k);
         let timings = AnalysisTimings {
             preprocess_ms: frame.times.preprocess_ms,
             early_ms: frame.times.early_ms,
             select_ms: frame.times.select_ms,
             late_ms: frame.times.late_ms,
             expert_ms: started.elapsed().as_secs_f64() * 1000.0,
-            kept_tokens: frame.selection.count(),
+            encoder_tokens: frame.selection.count(),
             computed_tokens: frame.computed_tokens,
+            kept_tokens: kept.indices.len(),
             late_macs: frame.macs.late,
+            expert_macs: kept.macs,
         };
         Ok((Analysis { sightings }, timings))
     }
+}
+
+/// The `top_k` likeliest kinds in the `scene` logits, each placed where its
+/// most likely class scores highest among the `kept` of the frame's
+/// `tokens`.
+pub fn sightings(tokens: &[Token], kept: &KeptTokens, scene: &[f32], top_k: usize) -> Vec<Sighting> {
+    let groups = group_by_kind(&top_k_of(scene, CANDIDATES), top_k.max(1));
+    let kept_tokens: Vec<&Token> = kept.indices.iter().map(|&i| &tokens[i]).collect();
+    groups
+        .into_iter()
+        .map(|g| {
+            let scores: Vec<f32> = (0..kept.indices.len())
+                .map(|k| kept.row(k)[g.best_class])
+                .collect();
+            let (x, y) = centre(&kept_tokens, &scores, FINAL_SIDE as f32);
+            Sighting {
+                label: g.label,
+                kinds: g.kinds,
+                confidence: g.probability,
+                x,
+                y,
+            }
+        })
+        .collect()
 }
 
 /// Classes looked at per frame before grouping them by kind.
@@ -184,17 +213,14 @@ fn group_by_kind(predictions: &[Prediction], n: usize) -> Vec<KindGroup> {
     groups
 }
 
-/// Where class `k` scores highest: the softmax-weighted centre (x, y in
-/// 0..1) of the kept tokens of the `side` x `side` grid by their logit of
-/// that class.
-fn centre(tokens: &[Token], per_token: &[Vec<f32>], k: usize, side: f32) -> (f32, f32) {
-    let max = per_token
-        .iter()
-        .map(|l| l[k])
-        .fold(f32::NEG_INFINITY, f32::max);
+/// Where a label scores highest: the softmax-weighted centre (x, y in 0..1)
+/// of the `tokens` of the `side` x `side` grid by their `scores` (its
+/// per-token logits).
+fn centre(tokens: &[&Token], scores: &[f32], side: f32) -> (f32, f32) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let (mut x, mut y, mut total) = (0.0f32, 0.0f32, 0.0f32);
-    for (t, logits) in tokens.iter().zip(per_token) {
-        let w = (logits[k] - max).exp();
+    for (t, score) in tokens.iter().zip(scores) {
+        let w = (score - max).exp();
         x += w * (t.col as f32 + 0.5) / side;
         y += w * (t.row as f32 + 0.5) / side;
         total += w;

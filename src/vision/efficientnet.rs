@@ -970,6 +970,28 @@ impl EfficientNetLite0 {
         self.classify_pooled(pooled, &mut 0)
     }
 
+    /// ImageNet-1k logits of each of `n` token features (`[n * 1280]`,
+    /// row-major): `[n * 1000]`, one matmul.
+    pub fn token_logits(&self, features: &[f32]) -> Result<Vec<f32>> {
+        ensure!(
+            features.len() % FEATURE_DIM == 0,
+            "token features have {} values, not a multiple of {FEATURE_DIM}",
+            features.len()
+        );
+        let n = features.len() / FEATURE_DIM;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_slice(features, (n, FEATURE_DIM), &Device::Cpu)?;
+        let mut y = vec_of(&x.matmul(&self.fc_w)?)?;
+        for row in y.chunks_exact_mut(imagenet::NUM_CLASSES) {
+            for (v, b) in row.iter_mut().zip(&self.fc_b) {
+                *v += b;
+            }
+        }
+        Ok(y)
+    }
+
     /// Logits of `classes` for one 1280-d token feature (a dot product per
     /// class: cheap enough per token to say where a label is).
     pub fn class_logits(&self, feature: &[f32], classes: &[usize]) -> Result<Vec<f32>> {

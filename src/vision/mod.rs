@@ -4,7 +4,9 @@
 //! - [`efficientnet`]: EfficientNet-Lite0 (ImageNet-1k classes, feature
 //!   tokens);
 //! - [`prune`]: training-free spatial (HiPrune-style) and temporal
-//!   (STORM-style) token pruning of the late stages;
+//!   (STORM-style) token pruning of the encoder's late stages;
+//! - [`tokens`]: which of the encoder's output tokens the expert works on
+//!   (HiPrune-style selection, STORM-style temporal pooling);
 //! - [`imagenet`]: the ImageNet-1k class names;
 //! - [`sampler`]: which camera frames are worth encoding;
 //! - [`analyzer`]: one frame through the pruned encoder to named, placed
@@ -22,3 +24,4 @@ pub mod imagenet;
 pub mod prune;
 pub mod pth;
 pub mod sampler;
+pub mod tokens;

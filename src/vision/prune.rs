@@ -97,13 +97,23 @@ pub fn saliency(grid: &TokenGrid) -> Vec<f32> {
 /// Anchors (most salient), buffers (their 4-neighbours) and registers
 /// (spread over the grid), `config.kept_tokens()` in all.
 pub fn select(grid: &TokenGrid, config: &PruneConfig) -> Result<Selection> {
+    select_scored(&saliency(grid), grid.h, grid.w, config)
+}
+
+/// [`select`] on an `h` x `w` grid with the given per-token `scores`.
+pub fn select_scored(
+    scores: &[f32],
+    h: usize,
+    w: usize,
+    config: &PruneConfig,
+) -> Result<Selection> {
     ensure!(
         config.keep_ratio > 0.0 && config.keep_ratio <= 1.0,
         "keep ratio {} is not in (0, 1]",
         config.keep_ratio
     );
-    let (h, w) = (grid.h, grid.w);
     let n = h * w;
+    ensure!(scores.len() == n, "{} scores for a {h}x{w} grid", scores.len());
     let keep = ((config.keep_ratio * n as f32).round() as usize).clamp(1, n);
     let mut sel = Selection {
         kept: vec![false; n],
@@ -119,7 +129,6 @@ pub fn select(grid: &TokenGrid, config: &PruneConfig) -> Result<Selection> {
     } else {
         0
     };
-    let scores = saliency(grid);
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
     let budget = keep - registers;
@@ -248,6 +257,8 @@ pub struct Frame {
     /// Pooled feature averaged over the last `window` frames, and its logits.
     pub scene_pooled: Vec<f32>,
     pub scene_logits: Vec<f32>,
+    /// The stage-4 grid pruning scored (14x14x80).
+    pub stage4: TokenGrid,
     pub macs: Macs,
     pub times: StepTimes,
 }
@@ -346,7 +357,7 @@ impl FrameEncoder {
             late: late.macs,
             classifier: late.classifier_macs,
         };
-        self.previous = Some((mid.stage4, late.trace.clone()));
+        self.previous = Some((mid.stage4.clone(), late.trace.clone()));
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         Ok(Frame {
             selection,
@@ -355,6 +366,7 @@ impl FrameEncoder {
             reused_tokens,
             scene_pooled,
             scene_logits,
+            stage4: mid.stage4,
             macs,
             times: StepTimes {
                 preprocess_ms: ms(t0, t1),
