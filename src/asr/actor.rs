@@ -202,8 +202,15 @@ impl AsrActor {
             u.speculation = Some((speech_end_ms, text.clone()));
             if u.wants_score {
                 let item_id = u.item_id.clone();
-                send_pause_transcript(ctx, ms(self.clock), item_id, speech_end_ms, text.clone())
-                    .await;
+                send_pause_transcript(
+                    ctx,
+                    ms(self.clock),
+                    item_id,
+                    speech_end_ms,
+                    text.clone(),
+                    true,
+                )
+                .await;
             }
         }
         let fresh = u.agreement.update(&text);
@@ -428,8 +435,15 @@ impl Actor for AsrActor {
                     u.wants_score = *wants_score;
                     if u.wants_score {
                         let (item_id, text) = (u.item_id.clone(), u.guess.clone());
-                        send_pause_transcript(ctx, *audio_end_ms, item_id, *speech_end_ms, text)
-                            .await;
+                        send_pause_transcript(
+                            ctx,
+                            *audio_end_ms,
+                            item_id,
+                            *speech_end_ms,
+                            text,
+                            false,
+                        )
+                        .await;
                     }
                 }
                 self.maybe_speculate(ctx).await?;
@@ -463,6 +477,7 @@ async fn send_pause_transcript(
     item_id: String,
     speech_end_ms: u64,
     text: String,
+    final_decode: bool,
 ) {
     ctx.send(DataFrame {
         t_ms,
@@ -471,6 +486,7 @@ async fn send_pause_transcript(
             item_id,
             speech_end_ms,
             text,
+            final_decode,
         },
     })
     .await;

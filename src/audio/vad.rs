@@ -482,6 +482,7 @@ impl Actor for VadActor {
             score,
             text,
             scoring_ms,
+            ..
         } = &frame.kind
         {
             self.on_score(item_id, *speech_end_ms, *score, text, *scoring_ms, ctx);

@@ -403,7 +403,8 @@ pub(crate) async fn voice_turn(
         scoring_ms: events
             .iter()
             .filter(|e| e["type"] == "duplex.turn.end_of_turn")
-            .filter_map(|e| e["scoring_ms"].as_f64())
+            // 0: the same words scored again (the final decode's).
+            .filter_map(|e| e["scoring_ms"].as_f64().filter(|ms| *ms > 0.0))
             .collect(),
         speculation: events
             .iter()

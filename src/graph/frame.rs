@@ -78,8 +78,11 @@ pub enum SystemKind {
         speech_end_ms: u64,
         score: f32,
         text: String,
-        /// What scoring took (ms of wall time, prefill on the blocking pool).
+        /// What scoring took (ms of wall time, prefill on the blocking pool;
+        /// 0 when the words were already scored).
         scoring_ms: u64,
+        /// Scored on the speculative final decode (see `PauseTranscript`).
+        final_decode: bool,
     },
     /// The user barged in: every response up to and including `response_id`
     /// is dead. Queued frames of dead responses are flushed everywhere.
@@ -149,6 +152,9 @@ pub enum Payload {
         item_id: String,
         speech_end_ms: u64,
         text: String,
+        /// The speculative final decode (not a partial guess): what the
+        /// final transcript will be if the turn ends at this pause.
+        final_decode: bool,
     },
     /// A clause of the assistant's answer, ready to be spoken
     /// (orchestrator -> TTS).

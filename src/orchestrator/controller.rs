@@ -767,7 +767,10 @@ impl Controller {
         }
     }
 
-    /// A pause was scored (semantic VAD): on a likely end of turn, starts
+    /// A pause was scored on the recognizer's speculative final (semantic
+    /// VAD; a partial guess is not answered: on a busy machine it lags the
+    /// speech, and answering it would take the cores from the final's
+    /// decode): on a likely end of turn, starts
     /// answering the words heard so far into a held buffer. Nothing of it
     /// is seen (no events, no clauses, nothing in the conversation or
     /// memory) unless the turn is committed on the same words.
@@ -1507,6 +1510,7 @@ impl Actor for Controller {
                 speech_end_ms,
                 score,
                 text,
+                final_decode: true,
                 ..
             } => {
                 return self

@@ -4,8 +4,9 @@
 //!
 //! Scoring runs on the blocking pool. A pause is scored on the latest partial
 //! hypothesis at once, and again when the speculative final arrives if its
-//! words differ; a score for a pause the user has since spoken through is
-//! ignored by the VAD.
+//! words differ (if they do not, the score is raised again, marked as the
+//! final decode's, for the controller's speculative answer); a score for a
+//! pause the user has since spoken through is ignored by the VAD.
 
 use std::time::Instant;
 
@@ -18,8 +19,8 @@ use crate::graph::{Actor, Ctx, DataFrame, Payload, SystemKind};
 pub struct TurnActor {
     /// The scorer, or `None` while a score is being computed.
     scorer: Option<EndOfTurnScorer>,
-    /// The last pause scored: (item, speech end, words).
-    last: Option<(String, u64, String)>,
+    /// The last pause scored: (item, speech end, words), and its score.
+    last: Option<((String, u64, String), f32)>,
 }
 
 impl TurnActor {
@@ -36,13 +37,32 @@ impl TurnActor {
         item_id: &str,
         speech_end_ms: u64,
         text: &str,
+        final_decode: bool,
         ctx: &Ctx,
     ) -> Result<()> {
         let key = (item_id.to_string(), speech_end_ms, text.to_string());
-        if text.trim().is_empty() || self.last.as_ref() == Some(&key) {
+        if text.trim().is_empty() {
             return Ok(());
         }
-        self.last = Some(key);
+        if let Some((last, score)) = &self.last
+            && *last == key
+        {
+            if final_decode {
+                // The final decode heard what the partial did: same score.
+                ctx.raise(
+                    t_ms,
+                    SystemKind::EndOfTurnScore {
+                        item_id: item_id.to_string(),
+                        speech_end_ms,
+                        score: *score,
+                        text: text.to_string(),
+                        scoring_ms: 0,
+                        final_decode,
+                    },
+                );
+            }
+            return Ok(());
+        }
         let mut scorer = self
             .scorer
             .take()
@@ -57,6 +77,7 @@ impl TurnActor {
         .context("end-of-turn scoring task failed")?;
         self.scorer = Some(scorer);
         let score = score.context("scoring the end of the turn")?;
+        self.last = Some((key, score));
         tracing::debug!(
             item_id,
             speech_end_ms,
@@ -73,6 +94,7 @@ impl TurnActor {
                 score,
                 text: text.to_string(),
                 scoring_ms: started.elapsed().as_millis() as u64,
+                final_decode,
             },
         );
         Ok(())
@@ -86,11 +108,19 @@ impl Actor for TurnActor {
             item_id,
             speech_end_ms,
             text,
+            final_decode,
         } = &frame.payload
         {
             let (item_id, text) = (item_id.clone(), text.clone());
             return self
-                .score(frame.t_ms, &item_id, *speech_end_ms, &text, ctx)
+                .score(
+                    frame.t_ms,
+                    &item_id,
+                    *speech_end_ms,
+                    &text,
+                    *final_decode,
+                    ctx,
+                )
                 .await;
         }
         ctx.send(frame).await;
