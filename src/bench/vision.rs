@@ -14,8 +14,8 @@ use anyhow::{Context, Result, ensure};
 use image::RgbImage;
 
 use crate::models::ModelStore;
-use crate::vision::efficientnet::{EfficientNetLite0, argmax};
 use crate::vision::analyzer::sightings;
+use crate::vision::efficientnet::{EfficientNetLite0, argmax};
 use crate::vision::expert::{Analysis, ExpertSettings, VisionExpert};
 use crate::vision::prune::{FrameEncoder, PruneConfig, TemporalConfig};
 use crate::vision::sampler::{Activity, FrameSampler, SamplerSettings, Thumbnail};
@@ -382,11 +382,21 @@ pub fn print(report: &Report) {
     );
     println!(
         "{:>5} {:>8} {:>5} {:>10} {:>7} {:>12} {:>7} {:>7} {:>14}",
-        "ratio", "saliency", "kept", "expert ms", "x1.0", "expert MACs", "x1.0", "agree", "prompt tokens"
+        "ratio",
+        "saliency",
+        "kept",
+        "expert ms",
+        "x1.0",
+        "expert MACs",
+        "x1.0",
+        "agree",
+        "prompt tokens"
     );
     let base = report.tokens.first().cloned();
     for t in &report.tokens {
-        let (ms0, macs0) = base.as_ref().map_or((1.0, 1.0), |b| (b.expert_ms, b.expert_macs));
+        let (ms0, macs0) = base
+            .as_ref()
+            .map_or((1.0, 1.0), |b| (b.expert_ms, b.expert_macs));
         println!(
             "{:>5.2} {:>8} {:>5} {:>10.2} {:>6.2}x {:>10.1} M {:>6.2}x {:>6.1}% {:>14.0}",
             t.ratio,

@@ -525,9 +525,7 @@ impl Controller {
         let tool_choice = self.tool_choice.clone();
         let text = text.to_string();
         let scene = self.scene.as_ref().map(|s| s.describe(self.now_ms));
-        async move {
-            prepare_turn(memory, k, &tools, &tool_specs, &tool_choice, scene, &text).await
-        }
+        async move { prepare_turn(memory, k, &tools, &tool_specs, &tool_choice, scene, &text).await }
     }
 }
 

@@ -139,7 +139,12 @@ impl FrameAnalyzer {
 /// The `top_k` likeliest kinds in the `scene` logits, each placed where its
 /// most likely class scores highest among the `kept` of the frame's
 /// `tokens`.
-pub fn sightings(tokens: &[Token], kept: &KeptTokens, scene: &[f32], top_k: usize) -> Vec<Sighting> {
+pub fn sightings(
+    tokens: &[Token],
+    kept: &KeptTokens,
+    scene: &[f32],
+    top_k: usize,
+) -> Vec<Sighting> {
     let groups = group_by_kind(&top_k_of(scene, CANDIDATES), top_k.max(1));
     let kept_tokens: Vec<&Token> = kept.indices.iter().map(|&i| &tokens[i]).collect();
     groups
@@ -179,7 +184,9 @@ struct KindGroup {
 /// summing their probabilities; returns the `n` likeliest groups. ImageNet
 /// splits one thing over near-identical classes; a listener wants the thing.
 fn group_by_kind(predictions: &[Prediction], n: usize) -> Vec<KindGroup> {
-    let mut groups: Vec<(String, Vec<(String, f32)>, usize)> = Vec::new();
+    // (kind, its classes' names and probabilities, its likeliest class)
+    type Kind = (String, Vec<(String, f32)>, usize);
+    let mut groups: Vec<Kind> = Vec::new();
     for p in predictions {
         let name = spoken_label(p.class);
         let kind = name.rsplit(' ').next().unwrap_or(&name).to_lowercase();

@@ -974,7 +974,7 @@ impl EfficientNetLite0 {
     /// row-major): `[n * 1000]`, one matmul.
     pub fn token_logits(&self, features: &[f32]) -> Result<Vec<f32>> {
         ensure!(
-            features.len() % FEATURE_DIM == 0,
+            features.len().is_multiple_of(FEATURE_DIM),
             "token features have {} values, not a multiple of {FEATURE_DIM}",
             features.len()
         );

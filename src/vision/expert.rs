@@ -273,7 +273,7 @@ impl VisionExpert {
         let mut in_view: Vec<Track> = self.tracks.iter().filter(|t| t.in_view).cloned().collect();
         in_view.sort_by(|a, b| b.latest.confidence.total_cmp(&a.latest.confidence));
         let mut gone: Vec<Track> = self.tracks.iter().filter(|t| !t.in_view).cloned().collect();
-        gone.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+        gone.sort_by_key(|t| std::cmp::Reverse(t.last_seen_ms));
         in_view.extend(gone);
         Scene {
             at_ms: self.at_ms,

@@ -113,7 +113,11 @@ pub fn select_scored(
         config.keep_ratio
     );
     let n = h * w;
-    ensure!(scores.len() == n, "{} scores for a {h}x{w} grid", scores.len());
+    ensure!(
+        scores.len() == n,
+        "{} scores for a {h}x{w} grid",
+        scores.len()
+    );
     let keep = ((config.keep_ratio * n as f32).round() as usize).clamp(1, n);
     let mut sel = Selection {
         kept: vec![false; n],

@@ -214,7 +214,11 @@ mod tests {
         assert!(s[10] < s[0], "{} vs {}", s[10], s[0]);
         let m = saliency(&tokens, &grid, Saliency::Middle);
         assert_eq!(m.len(), 49);
-        assert!((m[0] - 4.0).abs() < 1e-5, "2x2 stage-4 norms of 1: {}", m[0]);
+        assert!(
+            (m[0] - 4.0).abs() < 1e-5,
+            "2x2 stage-4 norms of 1: {}",
+            m[0]
+        );
     }
 
     #[test]
