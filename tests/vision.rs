@@ -282,29 +282,6 @@ fn pruning_keeps_the_answer_and_cuts_late_work() {
     }
 }
 
-/// A clip from one photo: `frames` square views, each shifted by `step`
-/// pixels to the right, with a little deterministic sensor noise.
-fn clip(name: &str, frames: usize, step: u32) -> Vec<image::RgbImage> {
-    let img = common::test_photo_rgb(name);
-    let (w, h) = img.dimensions();
-    let side = h.min(w) * 8 / 10;
-    let mut seed = 12345u32;
-    (0..frames as u32)
-        .map(|i| {
-            let x = (i * step).min(w - side);
-            let mut f = image::imageops::crop_imm(&img, x, (h - side) / 2, side, side).to_image();
-            for p in f.pixels_mut() {
-                for ch in p.0.iter_mut() {
-                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    let noise = ((seed >> 16) % 5) as i16 - 2;
-                    *ch = (*ch as i16 + noise).clamp(0, 255) as u8;
-                }
-            }
-            f
-        })
-        .collect()
-}
-
 #[test]
 fn a_still_camera_reuses_late_work() {
     use duplex::vision::efficientnet::argmax;
@@ -315,7 +292,7 @@ fn a_still_camera_reuses_late_work() {
         ("pan 4 px/frame", 4),
         ("pan 16 px/frame", 16),
     ] {
-        let frames = clip("chelsea.png", 8, step);
+        let frames = duplex::bench::vision::clip(&common::test_photo_rgb("chelsea.png"), 8, step);
         for ratio in [1.0f32, 0.33] {
             let mut reuse = FrameEncoder::new(
                 model.clone(),

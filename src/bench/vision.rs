@@ -148,7 +148,7 @@ fn frames(photos: &[(String, RgbImage)]) -> Vec<RgbImage> {
 
 /// Square views of `img` shifted by `step` pixels per frame, with a little
 /// deterministic sensor noise (a still camera when `step` is 0).
-fn clip(img: &RgbImage, frames: usize, step: u32) -> Vec<RgbImage> {
+pub fn clip(img: &RgbImage, frames: usize, step: u32) -> Vec<RgbImage> {
     let (w, h) = img.dimensions();
     let side = h.min(w) * 8 / 10;
     let mut seed = 12345u32;
