@@ -31,6 +31,9 @@ use super::tokens::Saliency;
 use crate::graph::{Actor, Ctx, DataFrame, INPUT, Payload, SystemFrame, SystemKind};
 use crate::vision::efficientnet::EfficientNetLite0;
 
+/// Largest camera frame side decoded, in pixels.
+const MAX_FRAME_SIDE: u32 = 4096;
+
 /// How often finished jobs are collected.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -286,8 +289,18 @@ impl VisionActor {
 /// The blocking part of one frame: decode, sample, and encode if kept.
 fn look(work: &mut Work, t_ms: u64, bytes: &[u8], activity: Activity) -> Result<Outcome> {
     let started = Instant::now();
-    let image = image::load_from_memory(bytes)
-        .context("not a decodable JPEG or PNG image")?
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading the camera frame")?;
+    // A camera frame, not a decompression bomb.
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_FRAME_SIDE);
+    limits.max_image_height = Some(MAX_FRAME_SIDE);
+    limits.max_alloc = Some(256 << 20);
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .context("not a decodable JPEG or PNG image (at most 4096x4096)")?
         .to_rgb8();
     let decode_ms = started.elapsed().as_secs_f64() * 1000.0;
     let verdict = work.sampler.consider(t_ms, Thumbnail::of(&image), activity);
