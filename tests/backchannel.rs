@@ -5,11 +5,13 @@
 
 mod common;
 
+use common::of_type;
+
 use std::path::Path;
 use std::time::Instant;
 
 use duplex::audio::{Pcm, resample};
-use duplex::graph::{Event, Pipeline};
+use duplex::graph::Pipeline;
 use duplex::runner::{Pace, run_pcm};
 use duplex::tts::Synthesizer;
 
@@ -31,10 +33,6 @@ kind = "tts"
 [nodes.output]
 kind = "output"
 "#;
-
-fn of_type<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
-    events.iter().filter(|e| e["type"] == kind).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_yeah_while_the_bot_speaks_neither_cancels_it_nor_becomes_a_turn() {

@@ -7,13 +7,14 @@
 
 mod common;
 
+use common::{of_type, run_realtime};
+
 use std::path::Path;
 
 use duplex::asr::conformer::config::{EncoderConfig, FeatureConfig, ModelConfig};
 use duplex::asr::conformer::{encoder, nemo};
 use duplex::audio::decode_file;
 use duplex::graph::{Event, Pipeline};
-use duplex::runner::{Pace, run_pcm};
 
 fn write_tiny_nemo(path: &Path) {
     let pieces = nemo::toy_pieces();
@@ -53,10 +54,6 @@ partial_interval_ms = 80
     Pipeline::parse(&text, Path::new("conformer-test.toml")).unwrap()
 }
 
-fn of_type<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
-    events.iter().filter(|e| e["type"] == kind).collect()
-}
-
 /// The words of text field `field` of `events`, in order.
 fn words(events: &[&Event], field: &str) -> Vec<String> {
     events
@@ -75,20 +72,7 @@ async fn partials_arrive_per_chunk_during_speech() {
     let pcm = common::pad(&decode_file(clip).unwrap(), 500);
     let resources = common::resources();
     for lookahead in [1usize, 6] {
-        let events = run_pcm(
-            &pipeline(&model, lookahead),
-            &resources,
-            &pcm,
-            Pace {
-                chunk_ms: 20,
-                realtime: true,
-            },
-            |_| Ok(()),
-        )
-        .await
-        .unwrap();
-        let errors = of_type(&events, "error");
-        assert!(errors.is_empty(), "{errors:?}");
+        let events = run_realtime(&pipeline(&model, lookahead), &resources, &pcm, Vec::new()).await;
         let started = of_type(&events, "input_audio_buffer.speech_started");
         let stopped = of_type(&events, "input_audio_buffer.speech_stopped");
         assert!(

@@ -12,15 +12,15 @@
 
 mod common;
 
+use common::{of_type, run_realtime};
+
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use duplex::audio::{Pcm, decode_file};
+use duplex::audio::decode_file;
 use duplex::graph::{Event, Pipeline, Resources};
 use duplex::llm::{ChatMessage, GenerateOptions, Llm, Role};
 use duplex::orchestrator::controller::DEFAULT_INSTRUCTIONS;
-use duplex::runner::{Pace, run_pcm};
 
 const MAX_TOKENS: usize = 40;
 
@@ -51,23 +51,6 @@ kind = "output"
 "#
     );
     Pipeline::parse(&text, Path::new("speculation.toml")).unwrap()
-}
-
-async fn run(pipeline: &Pipeline, resources: &Arc<Resources>, pcm: &Pcm) -> Vec<Event> {
-    let pace = Pace {
-        chunk_ms: 20,
-        realtime: true,
-    };
-    let events = run_pcm(pipeline, resources, pcm, pace, |_| Ok(()))
-        .await
-        .unwrap();
-    let errors = of_type(&events, "error");
-    assert!(errors.is_empty(), "{errors:?}");
-    events
-}
-
-fn of_type<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
-    events.iter().filter(|e| e["type"] == kind).collect()
 }
 
 fn speculation<'a>(events: &'a [Event], state: &str) -> Vec<&'a Event> {
@@ -136,7 +119,7 @@ async fn an_answer_speculated_in_a_pause_the_user_speaks_through_leaves_no_trace
         let name = clip.file_name().unwrap().to_string_lossy().to_string();
         let (pcm, cut_ms) = common::split_mid_sentence(&decode_file(&clip).unwrap(), 900);
         let pcm = pcm.padded(500, 3000);
-        let events = run(&pipeline, &resources, &pcm).await;
+        let events = run_realtime(&pipeline, &resources, &pcm, Vec::new()).await;
         let started = speculation(&events, "started");
         let resumed: Vec<&Event> = speculation(&events, "discarded")
             .into_iter()
@@ -243,8 +226,8 @@ async fn an_adopted_speculation_answers_as_without_it_and_sooner() {
     for (clip, _) in common::speech_with_transcripts() {
         let name = clip.file_name().unwrap().to_string_lossy().to_string();
         let pcm = decode_file(&clip).unwrap().padded(500, 3000);
-        let with = run(&on, &resources, &pcm).await;
-        let without = run(&off, &resources, &pcm).await;
+        let with = run_realtime(&on, &resources, &pcm, Vec::new()).await;
+        let without = run_realtime(&off, &resources, &pcm, Vec::new()).await;
         assert!(
             speculation(&without, "started").is_empty(),
             "{name}: speculative = false"

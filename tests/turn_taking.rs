@@ -17,12 +17,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
+use common::run_realtime;
 
-use duplex::audio::{Pcm, decode_file};
-use duplex::graph::{Event, Pipeline, Resources};
-use duplex::runner::{Pace, run_pcm};
+use std::path::Path;
+
+use duplex::audio::decode_file;
+use duplex::graph::{Event, Pipeline};
 use duplex::turn::Eagerness;
 
 const SEMANTIC: &str = r#"
@@ -55,19 +55,6 @@ const PAUSE_MS: u64 = 700;
 
 fn pipeline(text: &str) -> Pipeline {
     Pipeline::parse(text, Path::new("turn_taking.toml")).unwrap()
-}
-
-async fn run(pipeline: &Pipeline, resources: &Arc<Resources>, pcm: &Pcm) -> Vec<Event> {
-    let pace = Pace {
-        chunk_ms: 20,
-        realtime: true,
-    };
-    let events = run_pcm(pipeline, resources, pcm, pace, |_| Ok(()))
-        .await
-        .unwrap();
-    let errors: Vec<_> = events.iter().filter(|e| e["type"] == "error").collect();
-    assert!(errors.is_empty(), "{errors:?}");
-    events
 }
 
 /// (speech_end_ms, audio_end_ms) of each turn the VAD ended.
@@ -157,8 +144,8 @@ async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
     for (clip, _) in common::speech_with_transcripts() {
         let name = clip.file_name().unwrap().to_string_lossy().to_string();
         let pcm = decode_file(&clip).unwrap().padded(500, 2500);
-        let ours = run(&semantic, &resources, &pcm).await;
-        let theirs = run(&server, &resources, &pcm).await;
+        let ours = run_realtime(&semantic, &resources, &pcm, Vec::new()).await;
+        let theirs = run_realtime(&server, &resources, &pcm, Vec::new()).await;
         failures.extend(turns_follow_their_scores(&name, &ours));
         let (Some(&(end, commit)), Some(&(base_end, base_commit))) =
             (turns(&ours).last(), turns(&theirs).last())
@@ -183,8 +170,8 @@ async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
         let (pcm, cut_ms) = common::split_mid_sentence(&decode_file(&clip).unwrap(), PAUSE_MS);
         let pcm = pcm.padded(500, 2500);
         let cut_ms = cut_ms + 500;
-        let ours = run(&semantic, &resources, &pcm).await;
-        let theirs = run(&server, &resources, &pcm).await;
+        let ours = run_realtime(&semantic, &resources, &pcm, Vec::new()).await;
+        let theirs = run_realtime(&server, &resources, &pcm, Vec::new()).await;
         failures.extend(turns_follow_their_scores(&name, &ours));
         println!(
             "  {name:<48} cut at {cut_ms} ms: semantic turns {:?}, server turns {:?}  {}",

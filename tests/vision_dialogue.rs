@@ -9,12 +9,14 @@
 
 mod common;
 
+use common::{of_type, run_realtime};
+
 use std::path::Path;
 use std::sync::Arc;
 
 use duplex::audio::{Pcm, resample};
 use duplex::graph::{Event, Pipeline};
-use duplex::runner::{Pace, VideoFrames, run_av};
+use duplex::runner::VideoFrames;
 use duplex::tts::Synthesizer;
 
 fn pipeline(db: &Path) -> Pipeline {
@@ -43,10 +45,6 @@ kind = "output"
         db.display()
     );
     Pipeline::parse(&toml, Path::new("vision-dialogue.toml")).unwrap()
-}
-
-fn of_type<'a>(events: &'a [Event], kind: &str) -> Vec<&'a Event> {
-    events.iter().filter(|e| e["type"] == kind).collect()
 }
 
 /// The assistant's answers (`response.done` transcripts), lower-cased.
@@ -90,17 +88,8 @@ async fn a_spoken_question_about_the_scene_is_answered_and_remembered() {
     samples.extend(silence(6000));
     let end_ms = samples.len() as u64 / 16;
     let pcm = Pcm::new(samples, 16_000);
-    let pace = Pace {
-        chunk_ms: 20,
-        realtime: true,
-    };
     let video = camera("chelsea.png", 0, end_ms);
-    let events = run_av(&pipeline, &resources, &pcm, video, pace, |_| Ok(()))
-        .await
-        .unwrap();
-    for e in &events {
-        assert_ne!(e["type"], "error", "{e:?}");
-    }
+    let events = run_realtime(&pipeline, &resources, &pcm, video).await;
     let frames = of_type(&events, "duplex.vision.frame");
     assert!(!frames.is_empty(), "no camera frame was analysed");
     // A still camera: the sampler keeps the first frame and few others.
@@ -129,9 +118,7 @@ async fn a_spoken_question_about_the_scene_is_answered_and_remembered() {
     samples.extend(speak("What animal did you see on the camera earlier?"));
     samples.extend(silence(6000));
     let pcm = Pcm::new(samples, 16_000);
-    let events = run_av(&pipeline, &resources, &pcm, Vec::new(), pace, |_| Ok(()))
-        .await
-        .unwrap();
+    let events = run_realtime(&pipeline, &resources, &pcm, Vec::new()).await;
     let recalled = of_type(&events, "duplex.memory.recalled");
     assert_eq!(recalled.len(), 1);
     let items = recalled[0]["items"].as_array().unwrap();

@@ -237,3 +237,32 @@ pub fn split_mid_sentence(pcm: &Pcm, pause_ms: u64) -> (Pcm, u64) {
     samples.extend_from_slice(&pcm.samples[cut..]);
     (Pcm::new(samples, pcm.sample_rate), cut_ms)
 }
+
+/// The events of type `kind`, in order.
+pub fn of_type<'a>(
+    events: &'a [duplex::graph::Event],
+    kind: &str,
+) -> Vec<&'a duplex::graph::Event> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// Streams `pcm`, with the camera frames `video`, through a new session of
+/// `pipeline` at real-time pace (20 ms frames) and returns its events;
+/// fails on an error event.
+pub async fn run_realtime(
+    pipeline: &duplex::graph::Pipeline,
+    resources: &Arc<Resources>,
+    pcm: &Pcm,
+    video: duplex::runner::VideoFrames,
+) -> Vec<duplex::graph::Event> {
+    let pace = duplex::runner::Pace {
+        chunk_ms: 20,
+        realtime: true,
+    };
+    let events = duplex::runner::run_av(pipeline, resources, pcm, video, pace, |_| Ok(()))
+        .await
+        .unwrap();
+    let errors = of_type(&events, "error");
+    assert!(errors.is_empty(), "{errors:?}");
+    events
+}
