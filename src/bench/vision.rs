@@ -19,7 +19,7 @@ use crate::vision::efficientnet::{EfficientNetLite0, argmax};
 use crate::vision::expert::{Analysis, ExpertSettings, VisionExpert};
 use crate::vision::prune::{FrameEncoder, PruneConfig, TemporalConfig};
 use crate::vision::sampler::{Activity, FrameSampler, SamplerSettings, Thumbnail};
-use crate::vision::tokens::{Saliency, select_tokens};
+use crate::vision::tokens::{Reduction, Saliency, select_tokens};
 
 use super::median;
 
@@ -76,13 +76,16 @@ pub struct ClipResult {
 #[derive(Debug, Clone)]
 pub struct TokenResult {
     pub ratio: f32,
+    pub reduction: Reduction,
     pub saliency: Saliency,
     /// Output tokens kept (of 49): what a VLM's LLM would prefill.
     pub kept_tokens: usize,
-    /// Median ms: selection, classifying the kept tokens, labels, places.
+    /// Median ms: selection (and merging), head and classifier on the kept
+    /// tokens, labels, places.
     pub expert_ms: f64,
     pub expert_macs: f64,
-    /// Top-1 of the kept tokens' mean logits equal to the dense network's.
+    /// Top-1 of the kept tokens' weighted mean logits equal to the dense
+    /// network's.
     pub agreement: f64,
     /// Median prompt tokens of the vision context ("Camera: ...").
     pub prompt_tokens: f64,
@@ -302,17 +305,27 @@ fn token_pruning(
         .collect::<Result<Vec<_>>>()?;
     let mut results = Vec::new();
     for &ratio in ratios {
-        for saliency in [Saliency::Global, Saliency::Middle] {
-            if ratio == 1.0 && saliency == Saliency::Middle {
+        for (reduction, saliency) in [
+            (Reduction::Merge, Saliency::Global),
+            (Reduction::Prune, Saliency::Global),
+            (Reduction::Prune, Saliency::Middle),
+        ] {
+            if ratio == 1.0 && (reduction, saliency) != (Reduction::Merge, Saliency::Global) {
                 continue; // the same tokens
             }
             let (mut ms, mut prompt, mut agree, mut macs, mut kept_n) =
                 (vec![], vec![], 0usize, 0u64, 0usize);
             for (frame, &want) in encoded.iter().zip(reference) {
                 let started = Instant::now();
-                let tokens = &frame.late.tokens;
-                let kept = select_tokens(model, tokens, &frame.stage4, ratio, saliency)?;
-                let seen = sightings(tokens, &kept, &kept.mean_logits, 3);
+                let kept = select_tokens(
+                    model,
+                    &frame.late.stage7,
+                    &frame.stage4,
+                    ratio,
+                    saliency,
+                    reduction,
+                )?;
+                let seen = sightings(&kept, &kept.mean_logits, 3);
                 ms.push(started.elapsed().as_secs_f64() * 1000.0);
                 agree += usize::from(argmax(&kept.mean_logits) == want);
                 macs += kept.macs;
@@ -326,6 +339,7 @@ fn token_pruning(
             }
             results.push(TokenResult {
                 ratio,
+                reduction,
                 saliency,
                 kept_tokens: kept_n,
                 expert_ms: median(&mut ms),
@@ -378,11 +392,12 @@ pub fn print(report: &Report) {
         );
     }
     println!(
-        "\nvisual-token pruning for the expert: the dense encoder's 7x7 output tokens, the kept ones classified (what a VLM's LLM would prefill)"
+        "\nvisual-token reduction for the expert: the dense encoder's 7x7 stage-7 tokens; head + classifier run on the kept ones (what a VLM's LLM would prefill); MACs include choosing and merging"
     );
     println!(
-        "{:>5} {:>8} {:>5} {:>10} {:>7} {:>12} {:>7} {:>7} {:>14}",
+        "{:>5} {:>6} {:>8} {:>5} {:>10} {:>7} {:>12} {:>7} {:>7} {:>14}",
         "ratio",
+        "reduce",
         "saliency",
         "kept",
         "expert ms",
@@ -398,8 +413,9 @@ pub fn print(report: &Report) {
             .as_ref()
             .map_or((1.0, 1.0), |b| (b.expert_ms, b.expert_macs));
         println!(
-            "{:>5.2} {:>8} {:>5} {:>10.2} {:>6.2}x {:>10.1} M {:>6.2}x {:>6.1}% {:>14.0}",
+            "{:>5.2} {:>6} {:>8} {:>5} {:>10.2} {:>6.2}x {:>10.1} M {:>6.2}x {:>6.1}% {:>14.0}",
             t.ratio,
+            format!("{:?}", t.reduction).to_lowercase(),
             format!("{:?}", t.saliency).to_lowercase(),
             t.kept_tokens,
             t.expert_ms,

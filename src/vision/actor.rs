@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use super::analyzer::{AnalyzerSettings, FrameAnalyzer};
 use super::expert::{Analysis, ExpertSettings, VisionExpert};
 use super::sampler::{Activity, FrameSampler, SamplerSettings, Thumbnail, Verdict};
-use super::tokens::Saliency;
+use super::tokens::{Reduction, Saliency};
 use crate::graph::{Actor, Ctx, DataFrame, INPUT, Payload, SystemFrame, SystemKind};
 use crate::vision::efficientnet::EfficientNetLite0;
 
@@ -42,13 +42,17 @@ const POLL: Duration = Duration::from_millis(10);
 #[serde(deny_unknown_fields)]
 pub struct VisionParams {
     /// Fraction of the encoder's 7x7 output tokens the vision expert works
-    /// on (HiPrune-style visual-token pruning); 1 keeps them all.
+    /// on (training-free visual-token reduction); 1 keeps them all.
     #[serde(default = "default_keep_ratio")]
     pub keep_ratio: f32,
     /// How kept tokens are chosen: "global" (cosine with the mean token) or
     /// "middle" (stage-4 activation norm).
     #[serde(default = "default_saliency")]
     pub saliency: Saliency,
+    /// What becomes of the other tokens: "merge" (into the nearest kept
+    /// one, PruMerge-style) or "prune" (dropped, HiPrune-style).
+    #[serde(default = "default_reduction")]
+    pub reduction: Reduction,
     /// Fraction of the 14x14 stage-4 tokens the encoder's late stages run
     /// on; 1 runs the whole network (below 1 top-1 agreement collapses:
     /// `duplex bench vision`).
@@ -79,10 +83,13 @@ pub struct VisionParams {
 }
 
 fn default_keep_ratio() -> f32 {
-    1.0
+    AnalyzerSettings::default().keep_ratio
 }
 fn default_saliency() -> Saliency {
-    Saliency::Global
+    AnalyzerSettings::default().saliency
+}
+fn default_reduction() -> Reduction {
+    AnalyzerSettings::default().reduction
 }
 fn default_encoder_keep_ratio() -> f32 {
     1.0
@@ -191,6 +198,7 @@ impl VisionActor {
             AnalyzerSettings {
                 keep_ratio: params.keep_ratio,
                 saliency: params.saliency,
+                reduction: params.reduction,
                 encoder_keep_ratio: params.encoder_keep_ratio,
                 temporal_reuse: params.temporal_reuse,
                 ..AnalyzerSettings::default()

@@ -1,9 +1,10 @@
 //! The frame analyzer: one camera frame in, the vision expert's input out.
 //!
 //! [`FrameAnalyzer`] runs a stream's [`FrameEncoder`] (EfficientNet-Lite0,
-//! with temporal reuse of its late stages), keeps `keep_ratio` of its output
-//! tokens ([`super::tokens`]) and classifies only those, and turns them into
-//! an [`Analysis`]: the top ImageNet labels of the kept tokens' mean logits
+//! with temporal reuse of its late stages) up to its 7x7 stage-7 tokens,
+//! keeps `keep_ratio` of them ([`super::tokens`], merged by default) and runs
+//! the head and classifier on those only, and turns them into an
+//! [`Analysis`]: the top ImageNet labels of the kept tokens' mean logits
 //! (pooled over the last few frames), grouped by kind (three cat
 //! classes are one cat), each placed where it scores highest among the kept
 //! tokens (a softmax-weighted centre of its per-token logits), with names a
@@ -17,11 +18,11 @@ use anyhow::Result;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::efficientnet::{EfficientNetLite0, FINAL_SIDE, Prediction, Token, top_k as top_k_of};
+use super::efficientnet::{EfficientNetLite0, FINAL_SIDE, Prediction, top_k as top_k_of};
 use super::expert::{Analysis, Sighting};
 use super::imagenet;
 use super::prune::{FrameEncoder, PruneConfig, TemporalConfig};
-use super::tokens::{KeptTokens, Saliency, TokenPooler, select_tokens};
+use super::tokens::{KeptTokens, Reduction, Saliency, TokenPooler, select_tokens};
 
 /// ImageNet-1k classes 151..=268 are dog breeds.
 const DOG_BREEDS: std::ops::RangeInclusive<usize> = 151..=268;
@@ -35,6 +36,8 @@ pub struct AnalyzerSettings {
     pub keep_ratio: f32,
     /// How the kept tokens are chosen.
     pub saliency: Saliency,
+    /// What becomes of the others.
+    pub reduction: Reduction,
     /// Fraction of the 14x14 stage-4 tokens the encoder's late stages run
     /// on (1: dense; lower cuts compute but loses agreement, see
     /// [`super::prune`]).
@@ -51,6 +54,7 @@ impl Default for AnalyzerSettings {
         AnalyzerSettings {
             keep_ratio: 0.33,
             saliency: Saliency::Global,
+            reduction: Reduction::Merge,
             encoder_keep_ratio: 1.0,
             temporal_reuse: true,
             top_k: 3,
@@ -96,7 +100,7 @@ impl FrameAnalyzer {
         FrameAnalyzer {
             encoder: FrameEncoder::new(
                 model.clone(),
-                PruneConfig::new(settings.encoder_keep_ratio),
+                PruneConfig::new(settings.encoder_keep_ratio).without_head(),
                 temporal,
             ),
             pooler: TokenPooler::new(temporal.window),
@@ -110,16 +114,21 @@ impl FrameAnalyzer {
     pub fn analyze(&mut self, image: &RgbImage) -> Result<(Analysis, AnalysisTimings)> {
         let frame = self.encoder.encode(image)?;
         let started = Instant::now();
-        let tokens = &frame.late.tokens;
+        anyhow::ensure!(
+            frame.late.trace.fin_kept.iter().all(|k| *k),
+            "the vision expert needs every token of the final grid (encoder_keep_ratio {} left some out)",
+            self.settings.encoder_keep_ratio
+        );
         let kept = select_tokens(
             &self.model,
-            tokens,
+            &frame.late.stage7,
             &frame.stage4,
             self.settings.keep_ratio,
             self.settings.saliency,
+            self.settings.reduction,
         )?;
         let scene = self.pooler.push(kept.mean_logits.clone());
-        let sightings = sightings(tokens, &kept, &scene, self.settings.top_k);
+        let sightings = sightings(&kept, &scene, self.settings.top_k);
         let timings = AnalysisTimings {
             preprocess_ms: frame.times.preprocess_ms,
             early_ms: frame.times.early_ms,
@@ -137,23 +146,16 @@ impl FrameAnalyzer {
 }
 
 /// The `top_k` likeliest kinds in the `scene` logits, each placed where its
-/// most likely class scores highest among the `kept` of the frame's
-/// `tokens`.
-pub fn sightings(
-    tokens: &[Token],
-    kept: &KeptTokens,
-    scene: &[f32],
-    top_k: usize,
-) -> Vec<Sighting> {
+/// most likely class scores highest among the `kept` tokens.
+pub fn sightings(kept: &KeptTokens, scene: &[f32], top_k: usize) -> Vec<Sighting> {
     let groups = group_by_kind(&top_k_of(scene, CANDIDATES), top_k.max(1));
-    let kept_tokens: Vec<&Token> = kept.indices.iter().map(|&i| &tokens[i]).collect();
     groups
         .into_iter()
         .map(|g| {
             let scores: Vec<f32> = (0..kept.indices.len())
                 .map(|k| kept.row(k)[g.best_class])
                 .collect();
-            let (x, y) = centre(&kept_tokens, &scores, FINAL_SIDE as f32);
+            let (x, y) = centre(&kept.positions, &scores, FINAL_SIDE as f32);
             Sighting {
                 label: g.label,
                 kinds: g.kinds,
@@ -221,15 +223,15 @@ fn group_by_kind(predictions: &[Prediction], n: usize) -> Vec<KindGroup> {
 }
 
 /// Where a label scores highest: the softmax-weighted centre (x, y in 0..1)
-/// of the `tokens` of the `side` x `side` grid by their `scores` (its
-/// per-token logits).
-fn centre(tokens: &[&Token], scores: &[f32], side: f32) -> (f32, f32) {
+/// of tokens at `positions` ((row, col) on the `side` x `side` grid) by
+/// their `scores` (its per-token logits).
+fn centre(positions: &[(f32, f32)], scores: &[f32], side: f32) -> (f32, f32) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let (mut x, mut y, mut total) = (0.0f32, 0.0f32, 0.0f32);
-    for (t, score) in tokens.iter().zip(scores) {
+    for ((row, col), score) in positions.iter().zip(scores) {
         let w = (score - max).exp();
-        x += w * (t.col as f32 + 0.5) / side;
-        y += w * (t.row as f32 + 0.5) / side;
+        x += w * (col + 0.5) / side;
+        y += w * (row + 0.5) / side;
         total += w;
     }
     if total > 0.0 {

@@ -146,6 +146,9 @@ pub struct LatePlan {
     /// First late block that runs on the kept tokens only ([`MID_BLOCK`]
     /// to [`STRIDE_BLOCK`]); the blocks before it run dense.
     pub sparse_from: usize,
+    /// Run the head, pooling and classifier too; without them the late part
+    /// ends at the 7x7x320 stage-7 tokens (what the vision expert takes).
+    pub head: bool,
 }
 
 /// What a depthwise conv of the pruned late stages reads at a position that
@@ -207,6 +210,7 @@ impl LatePlan {
             real_neighbours: true,
             fill: Fill::Zero,
             sparse_from: MID_BLOCK,
+            head: true,
         }
     }
 }
@@ -254,7 +258,8 @@ pub struct Token {
 /// The late part's output.
 #[derive(Clone, Debug)]
 pub struct Late {
-    /// Kept tokens of the 7x7 grid with their head features.
+    /// Kept tokens of the 7x7 grid with their head features (empty when the
+    /// plan ran no head, as are `pooled` and `logits`).
     pub tokens: Vec<Token>,
     /// Mean of the kept tokens' head features.
     pub pooled: Vec<f32>,
@@ -881,6 +886,30 @@ impl EfficientNetLite0 {
         }
         let last = &blocks.last().context("no late block")?.1;
         let fin = &plan.fin;
+        let stage7 = TokenGrid {
+            h: FINAL_SIDE,
+            w: FINAL_SIDE,
+            c: 320,
+            data: last.clone(),
+        };
+        let stage5 = stage5.context("stage 5 output missing")?;
+        if !plan.head {
+            return Ok(Late {
+                tokens: Vec::new(),
+                pooled: Vec::new(),
+                logits: Vec::new(),
+                stage5,
+                stage7,
+                trace: LateTrace {
+                    blocks,
+                    head: Vec::new(),
+                    fin_kept: fin.kept.clone(),
+                    mid_kept: plan.mid.kept.clone(),
+                },
+                macs,
+                classifier_macs: 0,
+            });
+        }
         let outputs = fin.compute_positions();
         let rows = self.head.apply(
             gather_rows(last, 320, &outputs),
@@ -927,17 +956,11 @@ impl EfficientNetLite0 {
         }
         let mut classifier_macs = 0;
         let logits = self.classify_pooled(&pooled, &mut classifier_macs)?;
-        let stage7 = TokenGrid {
-            h: FINAL_SIDE,
-            w: FINAL_SIDE,
-            c: 320,
-            data: last.clone(),
-        };
         Ok(Late {
             tokens,
             pooled,
             logits,
-            stage5: stage5.context("stage 5 output missing")?,
+            stage5,
             stage7,
             trace: LateTrace {
                 blocks,
@@ -968,6 +991,21 @@ impl EfficientNetLite0 {
             pooled.len()
         );
         self.classify_pooled(pooled, &mut 0)
+    }
+
+    /// The head (1x1 conv 320 -> 1280 with ReLU6) of each of `n` stage-7
+    /// tokens (`[n * 320]`, row-major): `[n * 1280]`.
+    pub fn head_features(&self, stage7: &[f32]) -> Result<Vec<f32>> {
+        ensure!(
+            stage7.len().is_multiple_of(320),
+            "stage-7 tokens have {} values, not a multiple of 320",
+            stage7.len()
+        );
+        let n = stage7.len() / 320;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.head.apply(stage7.to_vec(), n, true, &mut 0)
     }
 
     /// ImageNet-1k logits of each of `n` token features (`[n * 1280]`,

@@ -6,7 +6,8 @@
 //! - [`prune`]: training-free spatial (HiPrune-style) and temporal
 //!   (STORM-style) token pruning of the encoder's late stages;
 //! - [`tokens`]: which of the encoder's output tokens the expert works on
-//!   (HiPrune-style selection, STORM-style temporal pooling);
+//!   (merged PruMerge-style or dropped HiPrune-style, STORM-style temporal
+//!   pooling);
 //! - [`imagenet`]: the ImageNet-1k class names;
 //! - [`sampler`]: which camera frames are worth encoding;
 //! - [`analyzer`]: one frame through the pruned encoder to named, placed

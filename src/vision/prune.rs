@@ -49,6 +49,9 @@ pub struct PruneConfig {
     /// First late block run on the kept tokens only (8: all late blocks;
     /// 11: the 14x14 stage-5 blocks stay dense).
     pub sparse_from: usize,
+    /// Run the head, pooling and classifier (false: stop at the stage-7
+    /// tokens, for the vision expert of [`super::tokens`]).
+    pub head: bool,
 }
 
 impl PruneConfig {
@@ -61,6 +64,15 @@ impl PruneConfig {
             real_neighbours: true,
             fill: Fill::Nearest,
             sparse_from: MID_BLOCK,
+            head: true,
+        }
+    }
+
+    /// The same, ending at the stage-7 tokens.
+    pub fn without_head(self) -> PruneConfig {
+        PruneConfig {
+            head: false,
+            ..self
         }
     }
 
@@ -206,6 +218,7 @@ pub fn plan(model: &EfficientNetLite0, sel: &Selection, config: &PruneConfig) ->
         real_neighbours: config.real_neighbours,
         fill: config.fill,
         sparse_from: config.sparse_from,
+        head: config.head,
     }
 }
 
@@ -354,7 +367,11 @@ impl FrameEncoder {
                 *a += x / self.pooled.len() as f32;
             }
         }
-        let scene_logits = model.logits(&scene_pooled)?;
+        let scene_logits = if late.pooled.is_empty() {
+            Vec::new()
+        } else {
+            model.logits(&scene_pooled)?
+        };
         let t4 = Instant::now();
         let macs = Macs {
             early: mid.macs,
