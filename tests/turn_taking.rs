@@ -195,3 +195,32 @@ async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The scorer reads the user's words as an answer to what they last heard
+/// the assistant say: a short answer to a question is a whole turn, a
+/// fragment is still not.
+#[test]
+fn an_answer_to_the_assistants_question_reads_as_a_whole_turn() {
+    use duplex::turn::end_of_turn::EndOfTurnScorer;
+    let model = common::resources().local_llm().expect("the local LLM");
+    let mut scorer = EndOfTurnScorer::new(&model).expect("scorer");
+    let question = Some("Which card did you draw?");
+    let alone = scorer.score(None, "The seven of clubs").expect("score");
+    let answer = scorer.score(question, "The seven of clubs").expect("score");
+    let fragment = scorer.score(question, "I drew the seven of").expect("score");
+    println!("alone {alone:.4}, after the question {answer:.4}, fragment {fragment:.4}");
+    let auto = Eagerness::Auto;
+    assert!(
+        auto.window_ms(answer) < auto.window_ms(alone),
+        "the question makes the answer's window shorter: {} vs {} ms",
+        auto.window_ms(answer),
+        auto.window_ms(alone)
+    );
+    assert!(answer >= 0.02, "a plain answer ends the turn soon: {answer}");
+    assert_eq!(
+        auto.window_ms(fragment),
+        auto.window_ms(0.0),
+        "a fragment waits the longest: {fragment}"
+    );
+}
+

@@ -368,9 +368,10 @@ impl NodeKind {
             )?),
             NodeKind::Avatar(p) => Box::new(AvatarActor::new(p.clone())?),
             NodeKind::Passthrough(_) => Box::new(Passthrough),
-            NodeKind::EndOfTurn(_) => Box::new(TurnActor::new(EndOfTurnScorer::new(
-                &resources.local_llm()?,
-            )?)),
+            NodeKind::EndOfTurn(_) => Box::new(TurnActor::new(
+                EndOfTurnScorer::new(&resources.local_llm()?)?,
+                shared.heard.clone(),
+            )),
             NodeKind::Vision(p) => Box::new(VisionActor::new(resources.vision()?, p)?),
         })
     }

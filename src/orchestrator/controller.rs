@@ -125,10 +125,13 @@ fn default_min_interruption_words() -> usize {
 fn default_min_clause_words() -> usize {
     3
 }
-/// Under the `auto` eagerness a score of 0.01 waits about 440 ms of
-/// silence: long enough to get the LLM's prefill and first clause done.
+/// Every pause whose final decode is scored before its window closes: a
+/// pause that scores high has a short window, which closes before the
+/// decode is ready (`duplex bench turn`: no speculation ever started at
+/// 0.01); the long windows of low scores are where an answer can be got
+/// ready, and one thrown away costs only cores the user's silence left idle.
 fn default_speculation_threshold() -> f32 {
-    0.01
+    0.0
 }
 fn default_user() -> String {
     "default".into()

@@ -116,32 +116,49 @@ impl Heard {
 
     /// The words of `response_id` fully played so far.
     pub fn heard_text(&self, response_id: ResponseId) -> String {
-        self.of(response_id, |s| {
-            let mut words: Vec<&str> = Vec::new();
-            for clause in &s.clauses {
-                if s.played_ms >= clause.start_ms + clause.duration_ms {
-                    words.extend(clause.text.split_whitespace());
-                    continue;
-                }
-                if s.played_ms <= clause.start_ms || clause.duration_ms == 0 {
-                    break;
-                }
-                let total = clause.text.chars().count().max(1) as u64;
-                let budget = (s.played_ms - clause.start_ms) * total / clause.duration_ms;
-                let mut offset = 0u64;
-                for word in clause.text.split_whitespace() {
-                    let end = offset + word.chars().count() as u64;
-                    if end > budget {
-                        break;
-                    }
-                    words.push(word);
-                    offset = end + 1;
-                }
+        self.of(response_id, |s| s.heard_text())
+            .unwrap_or_default()
+    }
+
+    /// What the user last heard the assistant say: the played words of the
+    /// most recent response they heard any of.
+    pub fn last_heard(&self) -> Option<String> {
+        self.with(|all| {
+            all.responses
+                .iter()
+                .rev()
+                .map(State::heard_text)
+                .find(|text| !text.is_empty())
+        })
+    }
+}
+
+impl State {
+    /// The words fully played so far.
+    fn heard_text(&self) -> String {
+        let mut words: Vec<&str> = Vec::new();
+        for clause in &self.clauses {
+            if self.played_ms >= clause.start_ms + clause.duration_ms {
+                words.extend(clause.text.split_whitespace());
+                continue;
+            }
+            if self.played_ms <= clause.start_ms || clause.duration_ms == 0 {
                 break;
             }
-            words.join(" ")
-        })
-        .unwrap_or_default()
+            let total = clause.text.chars().count().max(1) as u64;
+            let budget = (self.played_ms - clause.start_ms) * total / clause.duration_ms;
+            let mut offset = 0u64;
+            for word in clause.text.split_whitespace() {
+                let end = offset + word.chars().count() as u64;
+                if end > budget {
+                    break;
+                }
+                words.push(word);
+                offset = end + 1;
+            }
+            break;
+        }
+        words.join(" ")
     }
 }
 
@@ -177,6 +194,19 @@ mod tests {
         h.set_played(1, 300);
         assert_eq!(h.heard_text(1), "First");
         assert_eq!(h.heard_text(2), "");
+    }
+
+    #[test]
+    fn the_last_heard_words_are_of_the_latest_response_heard_at_all() {
+        let h = Heard::new();
+        assert_eq!(h.last_heard(), None);
+        h.clause(1, "Which card did you draw?", 0, 1000);
+        h.played(1, 1000);
+        // The next answer has not been heard yet.
+        h.clause(2, "Nice.", 0, 500);
+        assert_eq!(h.last_heard().as_deref(), Some("Which card did you draw?"));
+        h.played(2, 500);
+        assert_eq!(h.last_heard().as_deref(), Some("Nice."));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The turn actor (`end_of_turn` node): scores what the user said up to each
-//! pause with the frozen LLM and raises the score to every stage
-//! (`EndOfTurnScore`), which semantic VAD turns into its silence window.
+//! pause with the frozen LLM, as an answer to what the user last heard the
+//! assistant say, and raises the score to every stage (`EndOfTurnScore`),
+//! which semantic VAD turns into its silence window.
 //!
 //! Scoring runs on the blocking pool. A pause is scored on the latest partial
 //! hypothesis at once, and again when the speculative final arrives if its
@@ -8,6 +9,7 @@
 //! final decode's, for the controller's speculative answer); a score for a
 //! pause the user has since spoken through is ignored by the VAD.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -15,19 +17,23 @@ use async_trait::async_trait;
 
 use super::end_of_turn::EndOfTurnScorer;
 use crate::graph::{Actor, Ctx, DataFrame, Payload, SystemKind};
+use crate::orchestrator::heard::Heard;
 
 pub struct TurnActor {
     /// The scorer, or `None` while a score is being computed.
     scorer: Option<EndOfTurnScorer>,
     /// The last pause scored: (item, speech end, words), and its score.
     last: Option<((String, u64, String), f32)>,
+    /// What the user has heard of the session's answers.
+    heard: Arc<Heard>,
 }
 
 impl TurnActor {
-    pub fn new(scorer: EndOfTurnScorer) -> Self {
+    pub fn new(scorer: EndOfTurnScorer, heard: Arc<Heard>) -> Self {
         TurnActor {
             scorer: Some(scorer),
             last: None,
+            heard,
         }
     }
 
@@ -68,9 +74,10 @@ impl TurnActor {
             .take()
             .context("end-of-turn scorer lost after an earlier failure")?;
         let words = text.to_string();
+        let assistant = self.heard.last_heard();
         let started = Instant::now();
         let (scorer, score) = tokio::task::spawn_blocking(move || {
-            let score = scorer.score(&words);
+            let score = scorer.score(assistant.as_deref(), &words);
             (scorer, score)
         })
         .await

@@ -3,8 +3,12 @@
 //! `<|im_end|>` right after the text in the chat template, or after a full
 //! stop, question or exclamation mark that the model would put there first.
 //!
-//! The scorer keeps its own KV cache: the system prompt stays cached, so a
-//! pause costs a prefill of just the user's words.
+//! The words are read as the answer to what the user last heard the
+//! assistant say, when there is such a thing: "Seven of clubs" is a whole
+//! turn after "Which card did you draw?", not out of the blue.
+//!
+//! The scorer keeps its own KV cache: the system prompt and the assistant's
+//! words stay cached, so a pause costs a prefill of just the user's words.
 
 use anyhow::{Context, Result};
 
@@ -35,14 +39,20 @@ impl EndOfTurnScorer {
     }
 
     /// The probability (0..=1) that the user's message is complete after
-    /// `user_text`. Blocks for one prefill of the words.
-    pub fn score(&mut self, user_text: &str) -> Result<f32> {
+    /// `user_text`, said in answer to `assistant` (what the user last heard
+    /// the assistant say, if anything). Blocks for one prefill of the words.
+    pub fn score(&mut self, assistant: Option<&str>, user_text: &str) -> Result<f32> {
         let text = for_scoring(user_text);
         if text.is_empty() {
             return Ok(0.0);
         }
         let model = self.session.model();
-        let mut tokens = model.prompt_tokens(&[ChatMessage::new(Role::User, text)])?;
+        let mut messages = Vec::new();
+        if let Some(said) = assistant.map(str::trim).filter(|s| !s.is_empty()) {
+            messages.push(ChatMessage::new(Role::Assistant, said.to_string()));
+        }
+        messages.push(ChatMessage::new(Role::User, text));
+        let mut tokens = model.prompt_tokens(&messages)?;
         // Cut the rendered prompt right after the user's words: before the
         // `<|im_end|>` that closes the user message.
         let close = tokens
