@@ -78,11 +78,19 @@ impl EndOfTurnScorer {
     }
 }
 
-/// The transcript as the scorer reads it: trimmed. The recognizer's
-/// closing punctuation stays: whisper hears the falling or rising voice at
-/// the end and writes it as a full stop, a question mark or a comma.
+/// The transcript as the scorer reads it: trimmed, and without a closing
+/// full stop. Whisper ends whatever audio it is given with one, so at a
+/// pause mid-sentence it writes "He was not." as readily as at the end of
+/// a sentence, and the model took that for a finished turn; whether a full
+/// stop belongs there is the model's to judge (the paths through ".", "?"
+/// and "!"). What whisper writes only when it hears it stays: a question
+/// mark, an exclamation mark, a trailing comma or ellipsis.
 fn for_scoring(text: &str) -> String {
-    text.trim().to_string()
+    let text = text.trim();
+    match text.strip_suffix('.') {
+        Some(rest) if !rest.ends_with('.') => rest.trim_end().to_string(),
+        _ => text.to_string(),
+    }
 }
 
 /// Softmax probability of `index` among `logits`.
@@ -110,8 +118,11 @@ mod tests {
     }
 
     #[test]
-    fn the_words_are_trimmed_and_keep_their_punctuation() {
+    fn the_words_are_trimmed_and_lose_only_a_closing_full_stop() {
         assert_eq!(for_scoring(" I want a table for, "), "I want a table for,");
         assert_eq!(for_scoring("Is it open?"), "Is it open?");
+        assert_eq!(for_scoring("He was not. "), "He was not");
+        assert_eq!(for_scoring("Mr. Dashwood left."), "Mr. Dashwood left");
+        assert_eq!(for_scoring("Well..."), "Well...");
     }
 }
