@@ -83,6 +83,9 @@ pub struct TokenResult {
     /// Median ms: selection (and merging), head and classifier on the kept
     /// tokens, labels, places.
     pub expert_ms: f64,
+    /// Median ms of the encoder up to the stage-7 tokens (the same for
+    /// every ratio).
+    pub encoder_ms: f64,
     pub expert_macs: f64,
     /// Top-1 of the kept tokens' weighted mean logits equal to the dense
     /// network's.
@@ -303,6 +306,19 @@ fn token_pruning(
         .iter()
         .map(|f| dense.encode(f))
         .collect::<Result<Vec<_>>>()?;
+    // What the vision node's encoder costs: the dense network up to the
+    // stage-7 tokens (the head is the expert's).
+    let mut headless = FrameEncoder::new(
+        model.clone(),
+        PruneConfig::new(1.0).without_head(),
+        TemporalConfig::off(),
+    );
+    let mut encoder_ms = Vec::new();
+    for f in frames {
+        let t = headless.encode(f)?.times;
+        encoder_ms.push(t.preprocess_ms + t.early_ms + t.select_ms + t.late_ms);
+    }
+    let encoder_ms = median(&mut encoder_ms);
     let mut results = Vec::new();
     for &ratio in ratios {
         for (reduction, saliency) in [
@@ -339,6 +355,7 @@ fn token_pruning(
             }
             results.push(TokenResult {
                 ratio,
+                encoder_ms,
                 reduction,
                 saliency,
                 kept_tokens: kept_n,
@@ -395,13 +412,14 @@ pub fn print(report: &Report) {
         "\nvisual-token reduction for the expert: the dense encoder's 7x7 stage-7 tokens; head + classifier run on the kept ones (what a VLM's LLM would prefill); MACs include choosing and merging"
     );
     println!(
-        "{:>5} {:>6} {:>8} {:>5} {:>10} {:>7} {:>12} {:>7} {:>7} {:>14}",
+        "{:>5} {:>6} {:>8} {:>5} {:>10} {:>7} {:>13} {:>12} {:>7} {:>7} {:>14}",
         "ratio",
         "reduce",
         "saliency",
         "kept",
         "expert ms",
         "x1.0",
+        "enc+expert ms",
         "expert MACs",
         "x1.0",
         "agree",
@@ -413,13 +431,14 @@ pub fn print(report: &Report) {
             .as_ref()
             .map_or((1.0, 1.0), |b| (b.expert_ms, b.expert_macs));
         println!(
-            "{:>5.2} {:>6} {:>8} {:>5} {:>10.2} {:>6.2}x {:>10.1} M {:>6.2}x {:>6.1}% {:>14.0}",
+            "{:>5.2} {:>6} {:>8} {:>5} {:>10.2} {:>6.2}x {:>13.2} {:>10.1} M {:>6.2}x {:>6.1}% {:>14.0}",
             t.ratio,
             format!("{:?}", t.reduction).to_lowercase(),
             format!("{:?}", t.saliency).to_lowercase(),
             t.kept_tokens,
             t.expert_ms,
             t.expert_ms / ms0,
+            t.encoder_ms + t.expert_ms,
             t.expert_macs / 1e6,
             t.expert_macs / macs0,
             t.agreement * 100.0,

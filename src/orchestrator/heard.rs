@@ -116,8 +116,7 @@ impl Heard {
 
     /// The words of `response_id` fully played so far.
     pub fn heard_text(&self, response_id: ResponseId) -> String {
-        self.of(response_id, |s| s.heard_text())
-            .unwrap_or_default()
+        self.of(response_id, |s| s.heard_text()).unwrap_or_default()
     }
 
     /// What the user last heard the assistant say: the played words of the
