@@ -212,7 +212,9 @@ fn an_answer_to_the_assistants_question_reads_as_a_whole_turn() {
     let question = Some("Which card did you draw?");
     let alone = scorer.score(None, "The seven of clubs").expect("score");
     let answer = scorer.score(question, "The seven of clubs").expect("score");
-    let fragment = scorer.score(question, "I drew the seven of").expect("score");
+    let fragment = scorer
+        .score(question, "I drew the seven of")
+        .expect("score");
     println!("alone {alone:.4}, after the question {answer:.4}, fragment {fragment:.4}");
     let auto = Eagerness::Auto;
     assert!(
@@ -221,11 +223,13 @@ fn an_answer_to_the_assistants_question_reads_as_a_whole_turn() {
         auto.window_ms(answer),
         auto.window_ms(alone)
     );
-    assert!(answer >= 0.02, "a plain answer ends the turn soon: {answer}");
+    assert!(
+        answer >= 0.02,
+        "a plain answer ends the turn soon: {answer}"
+    );
     assert_eq!(
         auto.window_ms(fragment),
         auto.window_ms(0.0),
         "a fragment waits the longest: {fragment}"
     );
 }
-
