@@ -73,6 +73,10 @@ async def main():
                 summary["audio_bytes"] += len(base64.b64decode(event.delta))
                 first_audio_item = first_audio_item or event.item_id
                 if barge and barge_task is None and summary["audio_deltas"] == 10:
+                    # One microphone: the user speaks again instead of the
+                    # silence still being streamed (two streams at once
+                    # would interleave their chunks).
+                    sender.cancel()
                     barge_task = asyncio.create_task(stream(conn, open(barge, "rb").read(), 1.5))
                     summary["barge_in_sent_at_delta"] = summary["audio_deltas"]
             elif t == "conversation.item.truncated":
