@@ -253,9 +253,19 @@ fn merge(tokens: &[&[f32]], scores: &[f32], keep_ratio: f32) -> Reduced {
     let first = (0..n)
         .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
         .unwrap_or(0);
+    // Unit vectors once, so a cosine is one dot product.
+    let units: Vec<Vec<f32>> = tokens
+        .iter()
+        .map(|t| {
+            let norm = t.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+            t.iter().map(|x| x * scale).collect()
+        })
+        .collect();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let mut seeds = vec![first];
-    let mut likeness: Vec<f32> = tokens.iter().map(|t| cosine(t, tokens[first])).collect();
-    macs += n as u64 * dim;
+    let mut likeness: Vec<f32> = units.iter().map(|u| dot(u, &units[first])).collect();
+    macs += 2 * n as u64 * dim;
     while seeds.len() < keep {
         let Some(next) = (0..n)
             .filter(|p| !seeds.contains(p))
@@ -264,8 +274,8 @@ fn merge(tokens: &[&[f32]], scores: &[f32], keep_ratio: f32) -> Reduced {
             break;
         };
         seeds.push(next);
-        for (l, t) in likeness.iter_mut().zip(tokens) {
-            *l = l.max(cosine(t, tokens[next]));
+        for (l, u) in likeness.iter_mut().zip(&units) {
+            *l = l.max(dot(u, &units[next]));
         }
         macs += n as u64 * dim;
     }
@@ -276,11 +286,12 @@ fn merge(tokens: &[&[f32]], scores: &[f32], keep_ratio: f32) -> Reduced {
     for _ in 0..2 {
         groups = vec![Vec::new(); centres.len()];
         for (p, t) in tokens.iter().enumerate() {
-            let nearest = (0..centres.len())
-                .min_by(|&a, &b| {
-                    squared_distance(t, &centres[a]).total_cmp(&squared_distance(t, &centres[b]))
-                })
-                .unwrap_or(0);
+            let nearest = centres
+                .iter()
+                .map(|c| squared_distance(t, c))
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0, |(k, _)| k);
             groups[nearest].push(p);
         }
         macs += (n * centres.len()) as u64 * dim;
