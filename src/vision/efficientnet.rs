@@ -40,6 +40,8 @@ pub const MID_SIDE: usize = 14;
 pub const MID_CHANNELS: usize = 80;
 /// Side of the final grid (stages 6-7, head).
 pub const FINAL_SIDE: usize = 7;
+/// Channels of a stage-7 token (what the head takes).
+pub const STAGE7_CHANNELS: usize = 320;
 /// Channels of the head (the final per-token feature).
 pub const FEATURE_DIM: usize = 1280;
 /// Block index after which each reported feature grid is taken: stage 3
@@ -616,7 +618,7 @@ impl EfficientNetLite0 {
         if w.get("_blocks.16._depthwise_conv.weight").is_ok() {
             bail!("more than 16 blocks: not Lite0");
         }
-        let head = pointwise(w, "_conv_head", "_bn1", 320, FEATURE_DIM)?;
+        let head = pointwise(w, "_conv_head", "_bn1", STAGE7_CHANNELS, FEATURE_DIM)?;
         let fc = w.get("_fc.weight")?;
         ensure!(
             fc.dims() == [imagenet::NUM_CLASSES, FEATURE_DIM],
@@ -889,7 +891,7 @@ impl EfficientNetLite0 {
         let stage7 = TokenGrid {
             h: FINAL_SIDE,
             w: FINAL_SIDE,
-            c: 320,
+            c: STAGE7_CHANNELS,
             data: last.clone(),
         };
         let stage5 = stage5.context("stage 5 output missing")?;
@@ -912,7 +914,7 @@ impl EfficientNetLite0 {
         }
         let outputs = fin.compute_positions();
         let rows = self.head.apply(
-            gather_rows(last, 320, &outputs),
+            gather_rows(last, STAGE7_CHANNELS, &outputs),
             outputs.len(),
             true,
             &mut macs,
@@ -997,11 +999,11 @@ impl EfficientNetLite0 {
     /// tokens (`[n * 320]`, row-major): `[n * 1280]`.
     pub fn head_features(&self, stage7: &[f32]) -> Result<Vec<f32>> {
         ensure!(
-            stage7.len().is_multiple_of(320),
-            "stage-7 tokens have {} values, not a multiple of 320",
+            stage7.len().is_multiple_of(STAGE7_CHANNELS),
+            "stage-7 tokens have {} values, not a multiple of {STAGE7_CHANNELS}",
             stage7.len()
         );
-        let n = stage7.len() / 320;
+        let n = stage7.len() / STAGE7_CHANNELS;
         if n == 0 {
             return Ok(Vec::new());
         }

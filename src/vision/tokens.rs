@@ -40,14 +40,13 @@ use std::collections::VecDeque;
 use anyhow::{Result, ensure};
 use serde::Serialize;
 
-use super::efficientnet::{EfficientNetLite0, FEATURE_DIM, FINAL_SIDE, TokenGrid};
+use super::efficientnet::{EfficientNetLite0, FEATURE_DIM, FINAL_SIDE, STAGE7_CHANNELS, TokenGrid};
 use super::imagenet::NUM_CLASSES;
 use super::prune::{PruneConfig, select_scored};
 
-/// Channels of a stage-7 token.
-pub const TOKEN_DIM: usize = 320;
 /// Multiply-adds of the expert per token: head conv and classifier.
-pub const EXPERT_MACS_PER_TOKEN: u64 = (TOKEN_DIM * FEATURE_DIM + FEATURE_DIM * NUM_CLASSES) as u64;
+pub const EXPERT_MACS_PER_TOKEN: u64 =
+    (STAGE7_CHANNELS * FEATURE_DIM + FEATURE_DIM * NUM_CLASSES) as u64;
 
 /// How token saliency is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -73,7 +72,7 @@ pub enum Reduction {
 pub fn saliency(tokens: &[&[f32]], stage4: &TokenGrid, how: Saliency) -> Vec<f32> {
     match how {
         Saliency::Global => {
-            let mean = mean_of(tokens.iter().copied(), TOKEN_DIM);
+            let mean = mean_of(tokens.iter().copied(), STAGE7_CHANNELS);
             tokens.iter().map(|t| cosine(t, &mean)).collect()
         }
         Saliency::Middle => {
@@ -169,8 +168,8 @@ pub fn select_tokens(
 ) -> Result<KeptTokens> {
     let n = FINAL_SIDE * FINAL_SIDE;
     ensure!(
-        stage7.h == FINAL_SIDE && stage7.w == FINAL_SIDE && stage7.c == TOKEN_DIM,
-        "token reduction needs the {FINAL_SIDE}x{FINAL_SIDE}x{TOKEN_DIM} stage-7 grid, got {}x{}x{}",
+        stage7.h == FINAL_SIDE && stage7.w == FINAL_SIDE && stage7.c == STAGE7_CHANNELS,
+        "token reduction needs the {FINAL_SIDE}x{FINAL_SIDE}x{STAGE7_CHANNELS} stage-7 grid, got {}x{}x{}",
         stage7.h,
         stage7.w,
         stage7.c
@@ -376,9 +375,9 @@ mod tests {
 
     #[test]
     fn global_saliency_favours_tokens_like_the_mean() {
-        let same = vec![1.0f32; TOKEN_DIM];
+        let same = vec![1.0f32; STAGE7_CHANNELS];
         // One odd token pointing elsewhere.
-        let odd: Vec<f32> = (0..TOKEN_DIM)
+        let odd: Vec<f32> = (0..STAGE7_CHANNELS)
             .map(|k| if k % 2 == 0 { 1.0 } else { -1.0 })
             .collect();
         let mut tokens: Vec<&[f32]> = vec![&same; 49];
@@ -397,8 +396,8 @@ mod tests {
     #[test]
     fn merging_keeps_every_token_in_some_group() {
         // Two kinds of token: the left three columns and the rest.
-        let left = vec![1.0f32; TOKEN_DIM];
-        let right: Vec<f32> = (0..TOKEN_DIM).map(|k| (k % 3) as f32).collect();
+        let left = vec![1.0f32; STAGE7_CHANNELS];
+        let right: Vec<f32> = (0..STAGE7_CHANNELS).map(|k| (k % 3) as f32).collect();
         let tokens: Vec<&[f32]> = (0..49)
             .map(|p| {
                 if p % 7 < 3 {
