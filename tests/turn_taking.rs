@@ -10,11 +10,12 @@
 //! Asserted: the window follows the score through the eagerness, and the
 //! VAD ends each turn exactly when both the window has passed and a score is
 //! known (never sooner, and no later than one VAD step after); a pause not
-//! scored in time waits the eagerness' fallback; and no mid-sentence pause
-//! ends the turn. Printed side by side with server VAD: the delay from
-//! speech end to commit on complete utterances (the median target, under
-//! 300 ms, is tracked in the notes: without a question before them the
-//! cards clips' short answers score low and wait long).
+//! scored in time waits the eagerness' fallback; no mid-sentence pause
+//! ends the turn; and the median window that ends a complete utterance is
+//! under 300 ms. Printed side by side with server VAD: the delay from
+//! speech end to commit on complete utterances (the window, or later when
+//! the score comes later: a matter of the machine's speed, so it is
+//! printed, and `duplex bench turn` measures it).
 
 mod common;
 
@@ -88,6 +89,22 @@ fn scores(events: &[Event]) -> String {
         .join(" ")
 }
 
+/// The window of the score that ended the last turn (the fallback when its
+/// pause was not scored in time).
+fn last_window(events: &[Event]) -> Option<u64> {
+    let &(speech_end, commit) = turns(events).last()?;
+    let window = events
+        .iter()
+        .filter(|e| e["type"] == "duplex.turn.end_of_turn")
+        .rfind(|e| {
+            e["speech_end_ms"].as_u64() == Some(speech_end) && e["t_ms"].as_u64().unwrap() <= commit
+        })
+        .map_or(Eagerness::Auto.fallback_ms(), |e| {
+            e["window_ms"].as_u64().unwrap()
+        });
+    Some(window)
+}
+
 /// Checks that each turn ended as its scores said; returns what is wrong.
 fn turns_follow_their_scores(name: &str, events: &[Event]) -> Vec<String> {
     let mut wrong = Vec::new();
@@ -141,6 +158,7 @@ async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
     let mut failures = Vec::new();
     let mut cut_offs = Vec::new();
     let (mut semantic_delays, mut server_delays) = (Vec::new(), Vec::new());
+    let mut windows = Vec::new();
     println!("complete utterances: delay from speech end to commit (ms)");
     for (clip, _) in common::speech_with_transcripts() {
         let name = clip.file_name().unwrap().to_string_lossy().to_string();
@@ -155,6 +173,7 @@ async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
             continue;
         };
         semantic_delays.push(commit - end);
+        windows.extend(last_window(&ours));
         server_delays.push(base_commit - base_end);
         println!(
             "  {name:<48} semantic {:>5}  server {:>5}  turns {}/{}  {}",
@@ -189,15 +208,20 @@ async fn semantic_vad_ends_each_turn_when_its_score_and_window_say() {
         }
     }
     let (ours, theirs) = (median(semantic_delays), median(server_delays));
+    let window = median(windows.clone());
     println!(
         "median delay from speech end to commit (complete utterances): semantic_vad {ours} ms, server_vad {theirs} ms; \
-         mid-sentence pauses taken as the end of the turn: {} of 5 {cut_offs:?}",
+         median window {window} ms {windows:?}; mid-sentence pauses taken as the end of the turn: {} of 5 {cut_offs:?}",
         cut_offs.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
         cut_offs.is_empty(),
         "mid-sentence pauses taken as the end of the turn: {cut_offs:?}"
+    );
+    assert!(
+        window < 300,
+        "complete utterances wait a median window of {window} ms: {windows:?}"
     );
 }
 
@@ -218,13 +242,12 @@ fn an_answer_to_the_assistants_question_reads_as_a_whole_turn() {
     println!("alone {alone:.4}, after the question {answer:.4}, fragment {fragment:.4}");
     let auto = Eagerness::Auto;
     assert!(
-        auto.window_ms(answer) < auto.window_ms(alone),
-        "the question makes the answer's window shorter: {} vs {} ms",
-        auto.window_ms(answer),
-        auto.window_ms(alone)
+        answer > 1.5 * alone,
+        "the question makes the answer read as more finished: {answer} vs {alone} alone"
     );
-    assert!(
-        answer >= 0.02,
+    assert_eq!(
+        auto.window_ms(answer),
+        auto.window_ms(1.0),
         "a plain answer ends the turn soon: {answer}"
     );
     assert_eq!(

@@ -1,7 +1,14 @@
 //! End-of-turn scoring with the frozen LLM: how likely the user has finished,
-//! read from the model's own probability that the user message ends here:
-//! `<|im_end|>` right after the text in the chat template, or after a full
-//! stop, question or exclamation mark that the model would put there first.
+//! read from the model's own next-token probabilities right after the words
+//! in the chat template: that the user message ends there (`<|im_end|>`) or
+//! that the sentence does (a full stop, question or exclamation mark).
+//!
+//! An instruct model almost never ends a user message on bare words, so
+//! `<|im_end|>` alone says little; whether a closing mark comes next is
+//! where it tells "I drew the seven of" (0.0001) from "7 of clubs" (0.08).
+//! Whether the user goes on after a finished sentence is left to the
+//! silence window: the model's guess at that (`<|im_end|>` after the mark)
+//! was as low for short whole answers as for fragments.
 //!
 //! The words are read as the answer to what the user last heard the
 //! assistant say, when there is such a thing: "Seven of clubs" is a whole
@@ -38,9 +45,10 @@ impl EndOfTurnScorer {
         })
     }
 
-    /// The probability (0..=1) that the user's message is complete after
-    /// `user_text`, said in answer to `assistant` (what the user last heard
-    /// the assistant say, if anything). Blocks for one prefill of the words.
+    /// The probability (0..=1) that the user's message or sentence is
+    /// complete after `user_text`, said in answer to `assistant` (what the
+    /// user last heard the assistant say, if anything). Blocks for one
+    /// prefill of the words.
     pub fn score(&mut self, assistant: Option<&str>, user_text: &str) -> Result<f32> {
         let text = for_scoring(user_text);
         if text.is_empty() {
@@ -61,19 +69,10 @@ impl EndOfTurnScorer {
             .context("the chat template has no end-of-turn token")?;
         tokens.truncate(close);
         let logits = self.session.next_token_logits(&tokens)?;
-        let mut p_end = probability_of(&logits, self.end_of_turn as usize);
-        // A finished sentence usually ends with a full stop, question or
-        // exclamation mark first: add the paths through each of them.
-        for &mark in &self.sentence_ends {
-            let p_mark = probability_of(&logits, mark as usize);
-            if p_mark < 0.01 {
-                continue;
-            }
-            tokens.push(mark);
-            let after = self.session.next_token_logits(&tokens)?;
-            tokens.pop();
-            p_end += p_mark * probability_of(&after, self.end_of_turn as usize);
-        }
+        let p_end: f32 = std::iter::once(self.end_of_turn)
+            .chain(self.sentence_ends.iter().copied())
+            .map(|token| probability_of(&logits, token as usize))
+            .sum();
         Ok(p_end.clamp(0.0, 1.0))
     }
 }
@@ -82,9 +81,9 @@ impl EndOfTurnScorer {
 /// full stop. Whisper ends whatever audio it is given with one, so at a
 /// pause mid-sentence it writes "He was not." as readily as at the end of
 /// a sentence, and the model took that for a finished turn; whether a full
-/// stop belongs there is the model's to judge (the paths through ".", "?"
-/// and "!"). What whisper writes only when it hears it stays: a question
-/// mark, an exclamation mark, a trailing comma or ellipsis.
+/// stop belongs there is the model's to judge. What whisper writes only
+/// when it hears it stays: a question mark, an exclamation mark, a trailing
+/// comma or ellipsis.
 fn for_scoring(text: &str) -> String {
     let text = text.trim();
     match text.strip_suffix('.') {

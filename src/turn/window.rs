@@ -52,20 +52,20 @@ impl Eagerness {
             Eagerness::High => Windows {
                 short_ms: 150,
                 long_ms: 800,
-                sure: 0.01,
-                unsure: 0.0002,
+                sure: 0.03,
+                unsure: 0.002,
             },
             Eagerness::Medium | Eagerness::Auto => Windows {
                 short_ms: 200,
                 long_ms: 1500,
-                sure: 0.02,
-                unsure: 0.0005,
+                sure: 0.05,
+                unsure: 0.005,
             },
             Eagerness::Low => Windows {
                 short_ms: 400,
                 long_ms: 2500,
-                sure: 0.05,
-                unsure: 0.001,
+                sure: 0.1,
+                unsure: 0.01,
             },
         }
     }
