@@ -13,10 +13,17 @@
 //! pass runs; its result is collected at the next frame.
 //!
 //! The final is decoded speculatively when the VAD reports a pause
-//! (`SpeechPaused`, 150 ms into the silence): if the VAD then stops the turn
-//! with the same end of speech, the transcript is ready (or nearly) when
-//! `speech_stopped` arrives, instead of a whole decode later. If the user
-//! speaks again, the speculation is dropped and partials go on.
+//! (`SpeechPaused`, 150 ms into the silence, 64 ms under semantic VAD): if
+//! the VAD then stops the turn with the same end of speech, the transcript
+//! is ready (or nearly) when `speech_stopped` arrives, instead of a whole
+//! decode later. If the user speaks again, the speculation is dropped and
+//! partials go on.
+//!
+//! Under semantic VAD the pause is scored on what was heard up to it: the
+//! last partial's words when that pass's audio reached the end of speech
+//! (within [`GUESS_SLACK_MS`]), and the speculative final's. Words that
+//! stop short are held back: "... in his power to do" reads as finished
+//! where the speaker went on "for them".
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +41,10 @@ use crate::graph::{Actor, Control, Ctx, DataFrame, INPUT, Payload, SystemFrame, 
 
 /// Audio kept from before speech starts, to cover the VAD's prefix padding.
 const RECENT_MS: u64 = 2_000;
+
+/// How far short of a pause's end of speech the last partial's audio may
+/// stop for its words to be scored at the pause (two VAD steps).
+const GUESS_SLACK_MS: u64 = 64;
 
 type Pass = JoinHandle<(Box<dyn StreamingAsr>, Result<String>)>;
 
@@ -68,6 +79,8 @@ struct Utterance {
     speculation: Option<(u64, String)>,
     /// The last partial pass's whole hypothesis (for the turn detector).
     guess: String,
+    /// Where the audio of `guess` ends (ms, session clock).
+    guess_until_ms: u64,
     /// The VAD waits for an end-of-turn score of the current pause.
     wants_score: bool,
 }
@@ -147,6 +160,7 @@ impl AsrActor {
             pause_at: None,
             speculation: None,
             guess: String::new(),
+            guess_until_ms: 0,
             wants_score: false,
         });
     }
@@ -197,6 +211,7 @@ impl AsrActor {
         );
         if kind == PassKind::Partial {
             u.guess = guess.unwrap_or_else(|| text.clone());
+            u.guess_until_ms = ms(u.start) + self.pass_started.1;
         }
         if let PassKind::Speculative { speech_end_ms } = kind {
             u.speculation = Some((speech_end_ms, text.clone()));
@@ -433,7 +448,11 @@ impl Actor for AsrActor {
                 if let Some(u) = &mut self.utterance {
                     u.pause_at = Some((samples(*audio_end_ms), *speech_end_ms));
                     u.wants_score = *wants_score;
-                    if u.wants_score {
+                    // Words that stop short of the pause are not scored: a
+                    // prefix can read as finished ("... in his power to
+                    // do") where the speech went on; the final decode,
+                    // started now, is scored instead.
+                    if u.wants_score && u.guess_until_ms + GUESS_SLACK_MS >= *speech_end_ms {
                         let (item_id, text) = (u.item_id.clone(), u.guess.clone());
                         send_pause_transcript(
                             ctx,
@@ -531,6 +550,15 @@ mod tests {
         stop_speech_end: u64,
         wants_score: bool,
     ) -> (String, Vec<(usize, bool)>, Vec<String>) {
+        utterance_paused_at(800, stop_speech_end, wants_score).await
+    }
+
+    /// [`utterance`] with the pause's end of speech at `pause_speech_end`.
+    async fn utterance_paused_at(
+        pause_speech_end: u64,
+        stop_speech_end: u64,
+        wants_score: bool,
+    ) -> (String, Vec<(usize, bool)>, Vec<String>) {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let engine = Redecode::new(Counting(calls.clone()));
         let mut actor = AsrActor::new(Box::new(engine), 300).unwrap();
@@ -558,7 +586,7 @@ mod tests {
                 let kind = SystemKind::SpeechPaused {
                     item_id: item_id.clone(),
                     audio_end_ms: 1000,
-                    speech_end_ms: 800,
+                    speech_end_ms: pause_speech_end,
                     wants_score,
                 };
                 actor.on_system(&system(t, kind), &ctx).await.unwrap();
@@ -597,7 +625,7 @@ mod tests {
                 ..
             }) = next
             {
-                assert_eq!(speech_end_ms, 800);
+                assert_eq!(speech_end_ms, pause_speech_end);
                 pauses.push(text);
             }
         }
@@ -639,5 +667,17 @@ mod tests {
         assert_eq!(pauses.len(), 2, "{pauses:?}");
         assert!(!pauses[0].ends_with("final"), "{pauses:?}");
         assert_eq!(pauses[1], format!("{} final", 1000 * SAMPLES_PER_MS));
+    }
+
+    #[tokio::test]
+    async fn a_guess_that_stops_short_of_the_pause_is_not_scored() {
+        // The last partial pass started at 900 ms: its words may miss the
+        // speech up to 1000 ms, so only the speculative final is scored.
+        let (_, calls, pauses) = utterance_paused_at(1000, 1000, true).await;
+        assert_eq!(
+            pauses,
+            vec![format!("{} final", 1000 * SAMPLES_PER_MS)],
+            "{calls:?}"
+        );
     }
 }
