@@ -1,5 +1,5 @@
 //! The Realtime API server over real sockets: the official `openai` Python
-//! SDK completes voice turns (GA and beta), a barge-in over the socket
+//! SDK completes voice turns (GA and beta, server and semantic VAD), a barge-in over the socket
 //! cancels the answer and keeps only what was heard, bad client input is
 //! answered with error events while the session goes on, auth is enforced,
 //! and many concurrent sessions all complete their turns.
@@ -124,9 +124,14 @@ async fn the_official_sdk_completes_voice_turns_ga_and_beta() {
     let _serial = SERIAL.lock().await;
     let server = start("pipelines/voice.toml", ServerConfig::default()).await;
     let clip = clip_24k(1);
-    for mode in ["ga", "beta"] {
-        let summary = sdk_turn(server.port, vec![clip.display().to_string(), mode.into()]).await;
-        println!("{mode}: {summary}");
+    // GA and beta with server VAD, then GA with semantic VAD.
+    for (mode, semantic) in [("ga", false), ("beta", false), ("ga", true)] {
+        let mut args = vec![clip.display().to_string(), mode.into()];
+        if semantic {
+            args.push("--semantic".into());
+        }
+        let summary = sdk_turn(server.port, args).await;
+        println!("{mode} (semantic {semantic}): {summary}");
         let t = types(&summary);
         assert_eq!(t[0], "session.created", "{mode}");
         let audio_delta = if mode == "ga" {
@@ -164,9 +169,19 @@ async fn the_official_sdk_completes_voice_turns_ga_and_beta() {
             "{mode}: under 0.5 s of reply audio"
         );
         assert_eq!(summary["responses"][0]["status"], "completed", "{mode}");
+        // Semantic VAD scored the pause before it ended the turn.
+        let scored = t.iter().position(|t| t == "duplex.turn.end_of_turn");
+        if semantic {
+            assert!(
+                scored.is_some_and(|s| s < order[1]),
+                "semantic VAD: no end-of-turn score before speech_stopped in {t:?}"
+            );
+        } else {
+            assert_eq!(scored, None, "server VAD scores no pause");
+        }
     }
     let metrics = server.app.metrics.render();
-    assert!(metrics.contains("duplex_turns_total 2"), "{metrics}");
+    assert!(metrics.contains("duplex_turns_total 3"), "{metrics}");
     assert!(metrics.contains("stage=\"first_audio_out\""), "{metrics}");
 }
 

@@ -1,9 +1,10 @@
 """Drives duplex with the official `openai` Python SDK (Realtime API).
 
-Usage: realtime_client.py PORT AUDIO_PCM16_24K [ga|beta] [--barge-in AUDIO2] [--key KEY]
+Usage: realtime_client.py PORT AUDIO_PCM16_24K [ga|beta] [--barge-in AUDIO2] [--key KEY] [--semantic]
 
 Streams the raw pcm16 (24 kHz mono, little-endian) file as 20 ms appends at
-real-time pace with server VAD on, then silence, and prints one JSON object
+real-time pace with server VAD on (semantic VAD, eagerness auto, with
+--semantic), then silence, and prints one JSON object
 summarizing what the server sent: event types in order, the user's
 transcript, the number of audio deltas and bytes, response statuses, and the
 final assistant item. With --barge-in, a second utterance is streamed while
@@ -36,6 +37,9 @@ async def main():
     mode = sys.argv[3] if len(sys.argv) > 3 and not sys.argv[3].startswith("--") else "ga"
     barge = sys.argv[sys.argv.index("--barge-in") + 1] if "--barge-in" in sys.argv else None
     key = sys.argv[sys.argv.index("--key") + 1] if "--key" in sys.argv else "unused"
+    server_vad = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                  "silence_duration_ms": 500}
+    detection = {"type": "semantic_vad", "eagerness": "auto"} if "--semantic" in sys.argv else server_vad
     pcm = open(audio_path, "rb").read()
     client = AsyncOpenAI(api_key=key, websocket_base_url=f"ws://127.0.0.1:{port}/v1")
     connect = client.beta.realtime.connect if mode == "beta" else client.realtime.connect
@@ -45,15 +49,13 @@ async def main():
         if mode == "beta":
             await conn.session.update(session={
                 "modalities": ["audio", "text"],
-                "turn_detection": {"type": "server_vad", "threshold": 0.5,
-                                   "prefix_padding_ms": 300, "silence_duration_ms": 500},
+                "turn_detection": detection,
             })
         else:
             await conn.session.update(session={
                 "type": "realtime",
                 "audio": {"input": {"turn_detection": {
-                    "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                    "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}}},
+                    **detection, "create_response": True, "interrupt_response": True}}},
             })
         sender = asyncio.create_task(stream(conn, pcm, 1.5))
         barge_task = None
