@@ -6,9 +6,10 @@
 //! Scoring runs on the blocking pool. A pause is scored on the latest partial
 //! hypothesis at once (when its audio reaches the pause: the recognizer
 //! holds back one that stops short), and again when the speculative final
-//! arrives if its words differ (if they do not, the score is raised again, marked as the
-//! final decode's, for the controller's speculative answer); a score for a
-//! pause the user has since spoken through is ignored by the VAD.
+//! arrives if its words differ (if they do not, the score is raised again,
+//! marked as the final decode's, for the controller's speculative answer);
+//! a score for a pause the user has since spoken through is ignored by the
+//! VAD.
 
 use std::sync::Arc;
 use std::time::Instant;
