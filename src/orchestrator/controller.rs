@@ -125,11 +125,10 @@ fn default_min_interruption_words() -> usize {
 fn default_min_clause_words() -> usize {
     3
 }
-/// Every pause whose final decode is scored before its window closes: a
-/// pause that scores high has a short window, which closes before the
-/// decode is ready (`duplex bench turn`: no speculation ever started at
-/// 0.01); the long windows of low scores are where an answer can be got
-/// ready, and one thrown away costs only cores the user's silence left idle.
+/// Every pause whose final decode is scored before its window closes: the
+/// answer is got ready while the user is silent, and one thrown away costs
+/// only cores that silence left idle (`duplex bench turn` prints how many
+/// were started, adopted and thrown away).
 fn default_speculation_threshold() -> f32 {
     0.0
 }

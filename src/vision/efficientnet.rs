@@ -332,6 +332,17 @@ fn relu6(x: &mut [f32]) {
     }
 }
 
+/// How many rows of `width` values `values` holds; an error naming `what`
+/// when they do not split evenly.
+fn rows_of(values: &[f32], width: usize, what: &str) -> Result<usize> {
+    ensure!(
+        values.len().is_multiple_of(width),
+        "{what} have {} values, not a multiple of {width}",
+        values.len()
+    );
+    Ok(values.len() / width)
+}
+
 fn vec_of(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -998,12 +1009,7 @@ impl EfficientNetLite0 {
     /// The head (1x1 conv 320 -> 1280 with ReLU6) of each of `n` stage-7
     /// tokens (`[n * 320]`, row-major): `[n * 1280]`.
     pub fn head_features(&self, stage7: &[f32]) -> Result<Vec<f32>> {
-        ensure!(
-            stage7.len().is_multiple_of(STAGE7_CHANNELS),
-            "stage-7 tokens have {} values, not a multiple of {STAGE7_CHANNELS}",
-            stage7.len()
-        );
-        let n = stage7.len() / STAGE7_CHANNELS;
+        let n = rows_of(stage7, STAGE7_CHANNELS, "stage-7 tokens")?;
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -1013,12 +1019,7 @@ impl EfficientNetLite0 {
     /// ImageNet-1k logits of each of `n` token features (`[n * 1280]`,
     /// row-major): `[n * 1000]`, one matmul.
     pub fn token_logits(&self, features: &[f32]) -> Result<Vec<f32>> {
-        ensure!(
-            features.len().is_multiple_of(FEATURE_DIM),
-            "token features have {} values, not a multiple of {FEATURE_DIM}",
-            features.len()
-        );
-        let n = features.len() / FEATURE_DIM;
+        let n = rows_of(features, FEATURE_DIM, "token features")?;
         if n == 0 {
             return Ok(Vec::new());
         }
