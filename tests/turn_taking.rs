@@ -236,11 +236,11 @@ fn an_answer_to_the_assistants_question_reads_as_a_whole_turn() {
     let model = common::resources().local_llm().expect("the local LLM");
     let mut scorer = EndOfTurnScorer::new(&model).expect("scorer");
     let question = Some("Which card did you draw?");
-    let alone = scorer.score(None, "The seven of clubs").expect("score");
-    let answer = scorer.score(question, "The seven of clubs").expect("score");
-    let fragment = scorer
-        .score(question, "I drew the seven of")
-        .expect("score");
+    let score =
+        |scorer: &mut EndOfTurnScorer, said, words| scorer.score(said, words).expect("score").score;
+    let alone = score(&mut scorer, None, "The seven of clubs");
+    let answer = score(&mut scorer, question, "The seven of clubs");
+    let fragment = score(&mut scorer, question, "I drew the seven of");
     println!("alone {alone:.4}, after the question {answer:.4}, fragment {fragment:.4}");
     let auto = Eagerness::Auto;
     assert!(
@@ -256,5 +256,42 @@ fn an_answer_to_the_assistants_question_reads_as_a_whole_turn() {
         auto.window_ms(fragment),
         auto.window_ms(0.0),
         "a fragment waits the longest: {fragment}"
+    );
+}
+
+/// Words committed while the user speaks are cached in the scorer: scoring
+/// the pause then computes only the words heard after them, and gives the
+/// same score as scoring everything afresh.
+#[test]
+fn words_cached_while_the_user_speaks_are_not_computed_again_at_the_pause() {
+    use duplex::turn::end_of_turn::EndOfTurnScorer;
+    let model = common::resources().local_llm().expect("the local LLM");
+    let said = Some("Where would you like to eat?");
+    let heard = "I want to book a table for two at the Italian place";
+    let mut fresh = EndOfTurnScorer::new(&model).expect("scorer");
+    let whole = fresh.score(said, heard).expect("score");
+
+    let mut prepared = EndOfTurnScorer::new(&model).expect("scorer");
+    prepared
+        .prepare(said, "I want to book a table.")
+        .expect("prepare");
+    prepared
+        .prepare(said, "I want to book a table for two at the")
+        .expect("prepare");
+    let at_pause = prepared.score(said, heard).expect("score");
+    println!("afresh {whole:?}, after caching {at_pause:?}");
+    assert!(
+        (whole.score - at_pause.score).abs() < 1e-4,
+        "same words, same score: {} afresh, {} after caching",
+        whole.score,
+        at_pause.score
+    );
+    assert!(
+        at_pause.prefilled <= 3,
+        "only \"Italian place\" is left to compute: {at_pause:?} (afresh {whole:?})"
+    );
+    assert!(
+        whole.prefilled > 20,
+        "afresh the whole prompt is computed: {whole:?}"
     );
 }

@@ -16,8 +16,9 @@
 //! (`SpeechPaused`, 150 ms into the silence, 64 ms under semantic VAD): if
 //! the VAD then stops the turn with the same end of speech, the transcript
 //! is ready (or nearly) when `speech_stopped` arrives, instead of a whole
-//! decode later. If the user speaks again, the speculation is dropped and
-//! partials go on.
+//! decode later. Until the user speaks again no partial pass runs (the
+//! speculative final heard everything); when they do, the speculation is
+//! dropped and partials go on.
 //!
 //! Under semantic VAD the pause is scored on what was heard up to it: the
 //! last partial's words when that pass's audio reached the end of speech
@@ -76,7 +77,10 @@ struct Utterance {
     /// audio up to that sample is in.
     pause_at: Option<(u64, u64)>,
     /// A speculative final that finished: (speech_end_ms, transcript).
+    /// While it stands the user is silent: no partial pass runs.
     speculation: Option<(u64, String)>,
+    /// The end of speech of the last pause the user spoke through.
+    resumed_from: Option<u64>,
     /// The last partial pass's whole hypothesis (for the turn detector).
     guess: String,
     /// Where the audio of `guess` ends (ms, session clock).
@@ -159,6 +163,7 @@ impl AsrActor {
             stop_at: None,
             pause_at: None,
             speculation: None,
+            resumed_from: None,
             guess: String::new(),
             guess_until_ms: 0,
             wants_score: false,
@@ -213,7 +218,9 @@ impl AsrActor {
             u.guess = guess.unwrap_or_else(|| text.clone());
             u.guess_until_ms = ms(u.start) + self.pass_started.1;
         }
-        if let PassKind::Speculative { speech_end_ms } = kind {
+        if let PassKind::Speculative { speech_end_ms } = kind
+            && u.resumed_from != Some(speech_end_ms)
+        {
             u.speculation = Some((speech_end_ms, text.clone()));
             if u.wants_score {
                 let item_id = u.item_id.clone();
@@ -261,8 +268,10 @@ impl AsrActor {
         if u.stop_at.is_some() || self.pass.is_some() {
             return;
         }
-        if u.pause_at.is_some() {
-            // Silence since the pause: wait for the speculative final.
+        if u.pause_at.is_some() || u.speculation.is_some() {
+            // Silence since the pause: the speculative final (to come, or
+            // done) has heard everything; a pass now would only take the
+            // cores from the scorer and the answer, and hold up the final.
             return;
         }
         // Until the first word is committed, passes come three times as
@@ -467,6 +476,12 @@ impl Actor for AsrActor {
                 }
                 self.maybe_speculate(ctx).await?;
             }
+            SystemKind::SpeechResumed { speech_end_ms, .. } => {
+                if let Some(u) = &mut self.utterance {
+                    u.resumed_from = Some(*speech_end_ms);
+                    u.speculation = None;
+                }
+            }
             SystemKind::SpeechStopped {
                 audio_end_ms,
                 speech_end_ms,
@@ -550,12 +565,14 @@ mod tests {
         stop_speech_end: u64,
         wants_score: bool,
     ) -> (String, Vec<(usize, bool)>, Vec<String>) {
-        utterance_paused_at(800, stop_speech_end, wants_score).await
+        utterance_paused_at(800, None, stop_speech_end, wants_score).await
     }
 
-    /// [`utterance`] with the pause's end of speech at `pause_speech_end`.
+    /// [`utterance`] with the pause's end of speech at `pause_speech_end`,
+    /// and the user speaking again at `resumed_at` (ms), if given.
     async fn utterance_paused_at(
         pause_speech_end: u64,
+        resumed_at: Option<u64>,
         stop_speech_end: u64,
         wants_score: bool,
     ) -> (String, Vec<(usize, bool)>, Vec<String>) {
@@ -588,6 +605,13 @@ mod tests {
                     audio_end_ms: 1000,
                     speech_end_ms: pause_speech_end,
                     wants_score,
+                };
+                actor.on_system(&system(t, kind), &ctx).await.unwrap();
+            }
+            if resumed_at == Some(t) {
+                let kind = SystemKind::SpeechResumed {
+                    item_id: item_id.clone(),
+                    speech_end_ms: pause_speech_end,
                 };
                 actor.on_system(&system(t, kind), &ctx).await.unwrap();
             }
@@ -648,6 +672,27 @@ mod tests {
             calls.iter().any(|(_, f)| !f),
             "partials ran before the pause"
         );
+        assert_eq!(
+            calls.last(),
+            Some(&(1000 * SAMPLES_PER_MS, true)),
+            "no partial pass ran in the silence after the speculative final: {calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn partials_go_on_when_the_user_speaks_through_a_pause() {
+        let (transcript, calls, _) = utterance_paused_at(800, Some(1200), 1400, false).await;
+        let speculation = calls
+            .iter()
+            .position(|&call| call == (1000 * SAMPLES_PER_MS, true))
+            .expect("a speculative final at the pause");
+        assert!(
+            calls[speculation + 1..]
+                .iter()
+                .any(|&(samples, f)| !f && samples > 1200 * SAMPLES_PER_MS),
+            "a partial pass heard the speech after the pause: {calls:?}"
+        );
+        assert_eq!(transcript, format!("{} final", 1500 * SAMPLES_PER_MS));
     }
 
     #[tokio::test]
@@ -673,7 +718,7 @@ mod tests {
     async fn a_guess_that_stops_short_of_the_pause_is_not_scored() {
         // The last partial pass started at 900 ms: its words may miss the
         // speech up to 1000 ms, so only the speculative final is scored.
-        let (_, calls, pauses) = utterance_paused_at(1000, 1000, true).await;
+        let (_, calls, pauses) = utterance_paused_at(1000, None, 1000, true).await;
         assert_eq!(
             pauses,
             vec![format!("{} final", 1000 * SAMPLES_PER_MS)],

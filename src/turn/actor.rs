@@ -10,6 +10,10 @@
 //! marked as the final decode's, for the controller's speculative answer);
 //! a score for a pause the user has since spoken through is ignored by the
 //! VAD.
+//!
+//! While the user speaks, the words the recognizer commits are cached in the
+//! scorer as they come, so scoring a pause costs a prefill of only the
+//! words after them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +32,9 @@ pub struct TurnActor {
     last: Option<((String, u64, String), f32)>,
     /// What the user has heard of the session's answers.
     heard: Arc<Heard>,
+    /// The utterance being spoken and its words committed so far (cached in
+    /// the scorer as they come).
+    committed: Option<(String, String)>,
 }
 
 impl TurnActor {
@@ -36,7 +43,35 @@ impl TurnActor {
             scorer: Some(scorer),
             last: None,
             heard,
+            committed: None,
         }
+    }
+
+    /// Adds committed words of an utterance still being spoken and caches
+    /// them in the scorer, so that scoring the next pause prefills only
+    /// what was heard after them.
+    async fn prepare(&mut self, item_id: &str, words: &str) -> Result<()> {
+        let text = match self.committed.take() {
+            Some((item, mut text)) if item == item_id => {
+                text.push_str(words);
+                text
+            }
+            _ => words.trim_start().to_string(),
+        };
+        self.committed = Some((item_id.to_string(), text.clone()));
+        let mut scorer = self
+            .scorer
+            .take()
+            .context("end-of-turn scorer lost after an earlier failure")?;
+        let assistant = self.heard.last_heard();
+        let (scorer, prepared) = tokio::task::spawn_blocking(move || {
+            let prepared = scorer.prepare(assistant.as_deref(), &text);
+            (scorer, prepared)
+        })
+        .await
+        .context("end-of-turn scorer task failed")?;
+        self.scorer = Some(scorer);
+        prepared.context("caching the user's words for the end-of-turn scorer")
     }
 
     async fn score(
@@ -85,12 +120,14 @@ impl TurnActor {
         .await
         .context("end-of-turn scoring task failed")?;
         self.scorer = Some(scorer);
-        let score = score.context("scoring the end of the turn")?;
+        let scored = score.context("scoring the end of the turn")?;
+        let score = scored.score;
         self.last = Some((key, score));
         tracing::debug!(
             item_id,
             speech_end_ms,
             score,
+            prefilled = scored.prefilled,
             ms = started.elapsed().as_millis() as u64,
             text,
             "end of turn scored"
@@ -132,7 +169,18 @@ impl Actor for TurnActor {
                 )
                 .await;
         }
+        let committed = match &frame.payload {
+            Payload::Transcript {
+                item_id,
+                text,
+                is_final: false,
+            } => Some((item_id.clone(), text.clone())),
+            _ => None,
+        };
         ctx.send(frame).await;
+        if let Some((item_id, words)) = committed {
+            self.prepare(&item_id, &words).await?;
+        }
         Ok(())
     }
 }

@@ -15,12 +15,24 @@
 //! turn after "Which card did you draw?", not out of the blue.
 //!
 //! The scorer keeps its own KV cache: the system prompt and the assistant's
-//! words stay cached, so a pause costs a prefill of just the user's words.
+//! words stay cached, and so do the user's words committed while they speak
+//! ([`EndOfTurnScorer::prepare`]), so a pause costs a prefill of just the
+//! words heard since.
 
 use anyhow::{Context, Result};
 
-use crate::llm::local::{LocalModel, LocalSession};
+use crate::llm::local::{LocalModel, LocalSession, common_prefix};
 use crate::llm::{ChatMessage, Role};
+
+/// A pause's score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// The probability (0..=1) that the user's message or sentence is
+    /// complete.
+    pub score: f32,
+    /// Prompt tokens computed for it (the rest were cached).
+    pub prefilled: usize,
+}
 
 /// Scores pauses of one session.
 pub struct EndOfTurnScorer {
@@ -48,11 +60,47 @@ impl EndOfTurnScorer {
     /// The probability (0..=1) that the user's message or sentence is
     /// complete after `user_text`, said in answer to `assistant` (what the
     /// user last heard the assistant say, if anything). Blocks for one
-    /// prefill of the words.
-    pub fn score(&mut self, assistant: Option<&str>, user_text: &str) -> Result<f32> {
+    /// prefill of the words not already cached (see [`Self::prepare`]).
+    pub fn score(&mut self, assistant: Option<&str>, user_text: &str) -> Result<Scored> {
+        let Some(tokens) = self.prompt(assistant, user_text)? else {
+            return Ok(Scored {
+                score: 0.0,
+                prefilled: 0,
+            });
+        };
+        // The session reuses the cached prefix but computes at least the
+        // last token.
+        let reused = common_prefix(self.session.cached_tokens(), &tokens).min(tokens.len() - 1);
+        let logits = self.session.next_token_logits(&tokens)?;
+        let p_end: f32 = std::iter::once(self.end_of_turn)
+            .chain(self.sentence_ends.iter().copied())
+            .map(|token| probability_of(&logits, token as usize))
+            .sum();
+        Ok(Scored {
+            score: p_end.clamp(0.0, 1.0),
+            prefilled: tokens.len() - reused,
+        })
+    }
+
+    /// Caches the prompt up to `user_words` (what the user has said so far
+    /// of a turn still going on), so that a later [`Self::score`] of words
+    /// that start with them prefills only the rest: at a pause, just the
+    /// last words heard instead of the whole utterance.
+    pub fn prepare(&mut self, assistant: Option<&str>, user_words: &str) -> Result<()> {
+        if let Some(tokens) = self.prompt(assistant, user_words)?
+            && common_prefix(self.session.cached_tokens(), &tokens) < tokens.len()
+        {
+            self.session.next_token_logits(&tokens)?;
+        }
+        Ok(())
+    }
+
+    /// The chat-template tokens up to the end of `user_text` (`None` when
+    /// there are no words to read).
+    fn prompt(&self, assistant: Option<&str>, user_text: &str) -> Result<Option<Vec<u32>>> {
         let text = for_scoring(user_text);
         if text.is_empty() {
-            return Ok(0.0);
+            return Ok(None);
         }
         let model = self.session.model();
         let mut messages = Vec::new();
@@ -68,12 +116,7 @@ impl EndOfTurnScorer {
             .rposition(|&t| t == self.end_of_turn)
             .context("the chat template has no end-of-turn token")?;
         tokens.truncate(close);
-        let logits = self.session.next_token_logits(&tokens)?;
-        let p_end: f32 = std::iter::once(self.end_of_turn)
-            .chain(self.sentence_ends.iter().copied())
-            .map(|token| probability_of(&logits, token as usize))
-            .sum();
-        Ok(p_end.clamp(0.0, 1.0))
+        Ok(Some(tokens))
     }
 }
 
