@@ -375,7 +375,7 @@ fn install_conversion_output_is_a_whole_ggml_file() {
                 info.hparams.n_mels,
                 info.hparams.ftype
             ),
-            (51864, 80, 1)
+            (51864, 80, 7)
         );
         assert_eq!(info.vocab.len(), 50256);
         // Deterministic: the install produced the very same bytes.

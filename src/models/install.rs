@@ -271,7 +271,7 @@ fn run_conversion(
 ) -> anyhow::Result<()> {
     match conversion {
         Conversion::WhisperGgml => {
-            // model.bin + tokenizer.json -> ggml-tiny.en.bin (written to
+            // model.bin + tokenizer.json -> ggml-tiny.en-q8_0.bin (written to
             // a `.partial` name, then renamed).
             let rel = crate::asr::whisper::GGML_FILE;
             debug_assert_eq!(conversion.outputs(), [rel]);

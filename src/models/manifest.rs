@@ -26,7 +26,7 @@ pub const EMBEDDED_MANIFEST: &str = include_str!("../../models/manifest.toml");
 pub enum Conversion {
     /// `convert = "whisper-ggml"`: the CTranslate2 Whisper tiny.en model
     /// (`model.bin` + `tokenizer.json`) to whisper.cpp's ggml file
-    /// `ggml-tiny.en.bin` (see `crate::asr::whisper::ggml`).
+    /// `ggml-tiny.en-q8_0.bin` (see `crate::asr::whisper::ggml`).
     #[serde(rename = "whisper-ggml")]
     WhisperGgml,
 }
@@ -50,7 +50,7 @@ impl Conversion {
     /// Cache-relative files the conversion writes (recorded in the stamp).
     pub fn outputs(self) -> &'static [&'static str] {
         match self {
-            Conversion::WhisperGgml => &["ggml-tiny.en.bin"],
+            Conversion::WhisperGgml => &["ggml-tiny.en-q8_0.bin"],
         }
     }
 }
@@ -380,7 +380,7 @@ sha256 = "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8"
         assert_eq!(m.get("whisper-tiny-en").map(|p| p.files.len()), Some(4));
         assert!(
             m.get("whisper-tiny-en")
-                .is_some_and(|p| p.installed_files().contains(&"ggml-tiny.en.bin"))
+                .is_some_and(|p| p.installed_files().contains(&"ggml-tiny.en-q8_0.bin"))
         );
         assert_eq!(m.get("piper-joe").map(|p| p.files.len()), Some(2));
     }

@@ -16,9 +16,9 @@
 //! ggml (little-endian, i32 unless said): magic `0x67676d6c`; hparams
 //! `n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer,
 //! n_text_ctx, n_text_state, n_text_head, n_text_layer, n_mels, ftype` (1 =
-//! f16 weights); the mel filterbank as `n_mels, 201` + f32 data; the vocab
+//! f16 weights, 7 = q8_0); the mel filterbank as `n_mels, 201` + f32 data; the vocab
 //! as a count + (`u32 len`, bytes) per token id below `<|endoftext|>`; then
-//! per tensor `n_dims, name_len, type` (0 f32, 1 f16), dims innermost first,
+//! per tensor `n_dims, name_len, type` (0 f32, 1 f16, 8 q8_0), dims innermost first,
 //! name, data. whisper.cpp refuses a file with an unknown tensor, a
 //! wrong-sized one or a missing one, so every tensor is checked here first.
 
@@ -46,13 +46,36 @@ const CT2_SPEC: &str = "WhisperSpec";
 pub enum GgmlType {
     F32,
     F16,
+    /// Blocks of 32 values along a row: an f16 scale, then 32 signed bytes
+    /// (value = scale * byte).
+    Q8_0,
 }
+
+/// Values per [`GgmlType::Q8_0`] block, and the block's bytes.
+const Q8_0_BLOCK: usize = 32;
+const Q8_0_BLOCK_BYTES: usize = 2 + Q8_0_BLOCK;
+
+/// The type of the weight matrices (whisper.cpp's `wtype`: every linear
+/// layer and the token embedding; convolutions stay f16) and the file's
+/// `ftype` that announces it (ggml's `GGML_FTYPE_MOSTLY_Q8_0`).
+///
+/// Q8_0 against f16, final decodes of the ten test clips at the 512
+/// window, 2 threads, alternating in one process (`WhisperSession::transcribe`,
+/// median of three per clip, then over the clips): 313 vs 333 ms and 300 vs
+/// 379 ms on a busy machine, 204 vs 252 and 235 vs 309 ms on a quieter one.
+/// The encoder's matrix products are most of a decode. The words were the
+/// same on eight clips; on the other two both had one error ("4 queen of
+/// clothes" for "4. Queen of Cloves"; "10 of close", which q8_0 retried at
+/// a higher temperature, about 170 ms more).
+pub const WEIGHT_TYPE: GgmlType = GgmlType::Q8_0;
+const WEIGHT_FTYPE: i32 = 7;
 
 impl GgmlType {
     fn code(self) -> i32 {
         match self {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,
+            GgmlType::Q8_0 => 8,
         }
     }
 
@@ -60,14 +83,17 @@ impl GgmlType {
         match code {
             0 => Some(GgmlType::F32),
             1 => Some(GgmlType::F16),
+            8 => Some(GgmlType::Q8_0),
             _ => None,
         }
     }
 
-    fn size(self) -> usize {
+    /// Bytes of `elements` values (whole blocks for Q8_0).
+    fn bytes(self, elements: usize) -> usize {
         match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 => 2,
+            GgmlType::F32 => 4 * elements,
+            GgmlType::F16 => 2 * elements,
+            GgmlType::Q8_0 => elements.div_ceil(Q8_0_BLOCK) * Q8_0_BLOCK_BYTES,
         }
     }
 }
@@ -410,19 +436,33 @@ struct Planner<'m> {
 }
 
 impl<'m> Planner<'m> {
+    /// Adds a tensor; a Q8_0 one must have rows of whole blocks.
+    fn push(&mut self, planned: Planned<'m>) -> Result<()> {
+        let row = planned.shape.last().copied().unwrap_or(0);
+        if planned.ty == GgmlType::Q8_0 && row % Q8_0_BLOCK != 0 {
+            bail!(
+                "{}: `{}` has rows of {row} values, which do not split into \
+                 q8_0 blocks of {Q8_0_BLOCK}",
+                self.model.path.display(),
+                planned.name
+            );
+        }
+        self.out.push(planned);
+        Ok(())
+    }
+
     /// Whole variable `src` (expected `shape`) as `name`.
     fn whole(&mut self, name: String, src: &str, shape: &[usize], ty: GgmlType) -> Result<()> {
         let v = self.model.tensor(src, shape)?;
         let count = shape.iter().product();
-        self.out.push(Planned {
+        self.push(Planned {
             name,
             shape: shape.to_vec(),
             ty,
             src: v,
             elem_start: 0,
             elem_count: count,
-        });
-        Ok(())
+        })
     }
 
     /// Whole variable `src` (expected `src_shape`), stored reshaped.
@@ -437,15 +477,14 @@ impl<'m> Planner<'m> {
         let v = self.model.tensor(src, src_shape)?;
         let count: usize = src_shape.iter().product();
         debug_assert_eq!(count, shape.iter().product::<usize>());
-        self.out.push(Planned {
+        self.push(Planned {
             name,
             shape: shape.to_vec(),
             ty,
             src: v,
             elem_start: 0,
             elem_count: count,
-        });
-        Ok(())
+        })
     }
 
     /// Part `index` of `parts` equal slices (along dim 0) of a fused
@@ -463,22 +502,21 @@ impl<'m> Planner<'m> {
         let mut shape = fused_shape.to_vec();
         shape[0] /= parts;
         let count: usize = shape.iter().product();
-        self.out.push(Planned {
+        self.push(Planned {
             name,
             shape,
             ty,
             src: v,
             elem_start: index * count,
             elem_count: count,
-        });
-        Ok(())
+        })
     }
 }
 
 /// Converts the CTranslate2 Whisper model in `ct2_dir` (`model.bin` and
-/// `tokenizer.json`) into a whisper.cpp ggml file at `out`: f16 weights,
-/// f32 biases/norms/positional embeddings, Slaney mel filters, byte-level
-/// vocabulary. Writes `out` under a temporary name and renames it into
+/// `tokenizer.json`) into a whisper.cpp ggml file at `out`: q8_0 weight
+/// matrices ([`WEIGHT_TYPE`]), f16 convolutions, f32 biases/norms/positional
+/// embeddings, Slaney mel filters, byte-level vocabulary. Writes `out` under a temporary name and renames it into
 /// place, so `out` is either absent or complete.
 pub fn convert_ct2_to_ggml(ct2_dir: &Path, out: &Path) -> Result<()> {
     let model_path = ct2_dir.join("model.bin");
@@ -568,7 +606,7 @@ fn plan(model: &Ct2Model) -> Result<(GgmlHparams, Vec<Planned<'_>>)> {
         n_text_head: n_text_head as i32,
         n_text_layer: to_i32("decoder layers", n_text_layer)?,
         n_mels: to_i32("mel bins", n_mels)?,
-        ftype: 1,
+        ftype: WEIGHT_FTYPE,
     };
 
     use GgmlType::{F16, F32};
@@ -633,7 +671,7 @@ fn plan(model: &Ct2Model) -> Result<(GgmlHparams, Vec<Planned<'_>>)> {
         "decoder.token_embedding.weight".into(),
         "decoder/embeddings/weight",
         &[n_vocab, d],
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.whole(
         "decoder.positional_embedding".into(),
@@ -674,7 +712,7 @@ fn plan(model: &Ct2Model) -> Result<(GgmlHparams, Vec<Planned<'_>>)> {
 /// `src/self_attention/...` -> `dst.attn.*` and `dst.attn_ln.*`: the fused
 /// q,k,v projection split in three; the key has no bias.
 fn self_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result<()> {
-    use GgmlType::{F16, F32};
+    use GgmlType::F32;
     let w = format!("{src}/self_attention/linear_0/weight");
     let b = format!("{src}/self_attention/linear_0/bias");
     p.part(
@@ -683,17 +721,24 @@ fn self_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result
         &[3 * d, d],
         3,
         0,
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.part(format!("{dst}.attn.query.bias"), &b, &[3 * d], 3, 0, F32)?;
-    p.part(format!("{dst}.attn.key.weight"), &w, &[3 * d, d], 3, 1, F16)?;
+    p.part(
+        format!("{dst}.attn.key.weight"),
+        &w,
+        &[3 * d, d],
+        3,
+        1,
+        WEIGHT_TYPE,
+    )?;
     p.part(
         format!("{dst}.attn.value.weight"),
         &w,
         &[3 * d, d],
         3,
         2,
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.part(format!("{dst}.attn.value.bias"), &b, &[3 * d], 3, 2, F32)?;
     let o = format!("{src}/self_attention/linear_1");
@@ -701,7 +746,7 @@ fn self_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result
         format!("{dst}.attn.out.weight"),
         &format!("{o}/weight"),
         &[d, d],
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.whole(
         format!("{dst}.attn.out.bias"),
@@ -729,13 +774,13 @@ fn self_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result
 /// `linear_0` is the query, `linear_1` the fused key,value (key without
 /// bias), `linear_2` the output.
 fn cross_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result<()> {
-    use GgmlType::{F16, F32};
+    use GgmlType::F32;
     let q = format!("{src}/attention/linear_0");
     p.whole(
         format!("{dst}.cross_attn.query.weight"),
         &format!("{q}/weight"),
         &[d, d],
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.whole(
         format!("{dst}.cross_attn.query.bias"),
@@ -751,7 +796,7 @@ fn cross_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Resul
         &[2 * d, d],
         2,
         0,
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.part(
         format!("{dst}.cross_attn.value.weight"),
@@ -759,7 +804,7 @@ fn cross_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Resul
         &[2 * d, d],
         2,
         1,
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.part(
         format!("{dst}.cross_attn.value.bias"),
@@ -774,7 +819,7 @@ fn cross_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Resul
         format!("{dst}.cross_attn.out.weight"),
         &format!("{o}/weight"),
         &[d, d],
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.whole(
         format!("{dst}.cross_attn.out.bias"),
@@ -800,13 +845,13 @@ fn cross_attention(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Resul
 
 /// `src/ffn/...` -> `dst.mlp.0`, `dst.mlp.2`, `dst.mlp_ln`.
 fn mlp(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result<()> {
-    use GgmlType::{F16, F32};
+    use GgmlType::F32;
     let f = format!("{src}/ffn");
     p.whole(
         format!("{dst}.mlp.0.weight"),
         &format!("{f}/linear_0/weight"),
         &[4 * d, d],
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.whole(
         format!("{dst}.mlp.0.bias"),
@@ -818,7 +863,7 @@ fn mlp(p: &mut Planner<'_>, src: &str, dst: &str, d: usize) -> Result<()> {
         format!("{dst}.mlp.2.weight"),
         &format!("{f}/linear_1/weight"),
         &[d, 4 * d],
-        F16,
+        WEIGHT_TYPE,
     )?;
     p.whole(
         format!("{dst}.mlp.2.bias"),
@@ -887,25 +932,55 @@ fn write_ggml(
 }
 
 /// Re-encodes little-endian floats from CT2 `from` (f16 or f32, checked by
-/// the planner) to ggml `to`, appending to `out`.
+/// the planner) to ggml `to`, appending to `out`. For Q8_0 the values are
+/// whole rows (the planner checked that rows are whole blocks).
 fn convert_floats(raw: &[u8], from: Ct2Dtype, to: GgmlType, out: &mut Vec<u8>) {
     match (from, to) {
         (Ct2Dtype::F16, GgmlType::F16) | (Ct2Dtype::F32, GgmlType::F32) => {
             out.extend_from_slice(raw)
         }
-        (Ct2Dtype::F16, GgmlType::F32) => {
-            for h in raw.chunks_exact(2) {
-                let v = f16_to_f32(u16::from_le_bytes([h[0], h[1]]));
+        (_, GgmlType::F32) => {
+            for v in floats(raw, from) {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
         (_, GgmlType::F16) => {
-            for f in raw.chunks_exact(4) {
-                let v = f32_to_f16(f32::from_le_bytes([f[0], f[1], f[2], f[3]]));
-                out.extend_from_slice(&v.to_le_bytes());
+            for v in floats(raw, from) {
+                out.extend_from_slice(&f32_to_f16(v).to_le_bytes());
             }
         }
-        (_, GgmlType::F32) => unreachable!("the planner admits only float16/float32 variables"),
+        (_, GgmlType::Q8_0) => {
+            let values: Vec<f32> = floats(raw, from).collect();
+            for block in values.chunks(Q8_0_BLOCK) {
+                quantize_q8_0(block, out);
+            }
+        }
+    }
+}
+
+/// The values of little-endian CT2 `dtype` data (f16 or f32).
+fn floats(raw: &[u8], dtype: Ct2Dtype) -> impl Iterator<Item = f32> + '_ {
+    let half = dtype == Ct2Dtype::F16;
+    raw.chunks_exact(if half { 2 } else { 4 }).map(move |b| {
+        if half {
+            f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
+        } else {
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+    })
+}
+
+/// One Q8_0 block as ggml's reference quantizer writes it: scale = the
+/// largest magnitude / 127 (as f16), each value rounded to the nearest
+/// multiple of the scale.
+fn quantize_q8_0(block: &[f32], out: &mut Vec<u8>) {
+    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    out.extend_from_slice(&f32_to_f16(scale).to_le_bytes());
+    for i in 0..Q8_0_BLOCK {
+        let v = block.get(i).copied().unwrap_or(0.0);
+        out.push((v * inverse).round().clamp(-127.0, 127.0) as i8 as u8);
     }
 }
 
@@ -1105,8 +1180,12 @@ pub fn inspect_ggml(path: &Path) -> Result<GgmlInfo> {
                 path.display()
             );
         }
-        let ty = GgmlType::from_code(code)
-            .ok_or_else(|| anyhow!("{}: tensor type {code} is not f32/f16", path.display()))?;
+        let ty = GgmlType::from_code(code).ok_or_else(|| {
+            anyhow!(
+                "{}: tensor type {code} is not f32, f16 or q8_0",
+                path.display()
+            )
+        })?;
         let mut shape = Vec::new();
         for _ in 0..n_dims {
             shape.push(r.i32("tensor dims")?.max(0) as usize);
@@ -1114,7 +1193,7 @@ pub fn inspect_ggml(path: &Path) -> Result<GgmlInfo> {
         shape.reverse();
         let name =
             String::from_utf8_lossy(&r.bytes(name_len as usize, "a tensor name")?).into_owned();
-        let nbytes = shape.iter().product::<usize>() as u64 * ty.size() as u64;
+        let nbytes = ty.bytes(shape.iter().product::<usize>()) as u64;
         if r.pos + nbytes > len {
             bail!("{}: tensor `{name}` data is truncated", path.display());
         }

@@ -93,7 +93,7 @@ fn converts_the_installed_ct2_model() {
             n_text_head: 6,
             n_text_layer: 4,
             n_mels: 80,
-            ftype: 1,
+            ftype: 7,
         }
     );
     assert_eq!(info.mel_dims, (80, 201));
@@ -114,16 +114,18 @@ fn converts_the_installed_ct2_model() {
             .unwrap_or_else(|| panic!("no tensor {name}"));
         assert_eq!((t.shape.as_slice(), t.ty), (shape, ty), "{name}");
     };
-    use ggml::GgmlType::{F16, F32};
+    use ggml::GgmlType::{F16, F32, Q8_0};
     check("encoder.conv1.weight", &[384, 80, 3], F16);
     check("encoder.conv1.bias", &[384, 1], F32);
     check("encoder.conv2.bias", &[384, 1], F32);
     check("encoder.positional_embedding", &[1500, 384], F32);
-    check("encoder.blocks.3.attn.key.weight", &[384, 384], F16);
-    check("encoder.blocks.0.mlp.0.weight", &[1536, 384], F16);
+    check("encoder.conv2.weight", &[384, 384, 3], F16);
+    check("encoder.blocks.3.attn.key.weight", &[384, 384], Q8_0);
+    check("encoder.blocks.0.mlp.0.weight", &[1536, 384], Q8_0);
     check("encoder.blocks.0.mlp.2.bias", &[384], F32);
     check("encoder.ln_post.weight", &[384], F32);
-    check("decoder.token_embedding.weight", &[51864, 384], F16);
+    check("decoder.token_embedding.weight", &[51864, 384], Q8_0);
+    check("decoder.blocks.1.cross_attn.out.weight", &[384, 384], Q8_0);
     check("decoder.positional_embedding", &[448, 384], F32);
     check("decoder.blocks.2.cross_attn.value.bias", &[384], F32);
     check("decoder.blocks.3.cross_attn_ln.bias", &[384], F32);
@@ -132,11 +134,12 @@ fn converts_the_installed_ct2_model() {
     assert!(!by_name.contains_key("decoder.blocks.0.cross_attn.key.bias"));
 
     // The split of the fused q,k,v: the key starts 384 rows into CT2's
-    // `linear_0`. Compare the first f16 of the written key with the source.
+    // `linear_0`. Compare the written key's first row (12 q8_0 blocks: an
+    // f16 scale and 32 bytes each) with the source's f16 values.
     let ct2 = std::fs::read(ct2_dir().join("model.bin")).expect("read model.bin");
     let written = std::fs::read(&out).expect("read ggml");
     let key = by_name["encoder.blocks.0.attn.key.weight"];
-    let key_bytes = &written[key.offset as usize..][..384 * 384 * 2];
+    let key_row = &written[key.offset as usize..][..12 * 34];
     let needle = b"encoder/layer_0/self_attention/linear_0/weight\0";
     let at = ct2
         .windows(needle.len())
@@ -144,7 +147,26 @@ fn converts_the_installed_ct2_model() {
         .expect("variable in model.bin");
     // name, rank (2), shape (2 x u32), dtype, nbytes, then data.
     let data = at + needle.len() + 1 + 8 + 1 + 4;
-    assert_eq!(&ct2[data + 384 * 384 * 2..][..384 * 384 * 2], key_bytes);
+    let source = &ct2[data + 384 * 384 * 2..][..384 * 2];
+    let half = |b: &[u8]| ggml::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    for (block, (q, src)) in key_row.chunks(34).zip(source.chunks(64)).enumerate() {
+        let scale = half(q);
+        let largest = src.chunks(2).map(|b| half(b).abs()).fold(0.0, f32::max);
+        assert!(
+            (scale - largest / 127.0).abs() <= 1e-3 * scale,
+            "block {block}: scale {scale} for values up to {largest}"
+        );
+        for (i, (&byte, value)) in q[2..].iter().zip(src.chunks(2)).enumerate() {
+            // Half a step of rounding, plus the f16 scale's own rounding
+            // (2^-11 of it) times up to 127.
+            let restored = scale * f32::from(byte as i8);
+            assert!(
+                (restored - half(value)).abs() <= 0.57 * scale,
+                "block {block} value {i}: {restored} for {}",
+                half(value)
+            );
+        }
+    }
     // And it loads in whisper.cpp.
     WhisperModel::load_file(&out).expect("whisper.cpp loads the converted file");
 }
