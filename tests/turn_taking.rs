@@ -259,9 +259,10 @@ fn an_answer_to_the_assistants_question_reads_as_a_whole_turn() {
     );
 }
 
-/// Words committed while the user speaks are cached in the scorer: scoring
-/// the pause then computes only the words heard after them, and gives the
-/// same score as scoring everything afresh.
+/// Words committed while the user speaks are cached in the scorer (and
+/// warmed when the pause begins): scoring the pause then computes only the
+/// words heard after them, and gives the same score as scoring everything
+/// afresh.
 #[test]
 fn words_cached_while_the_user_speaks_are_not_computed_again_at_the_pause() {
     use duplex::turn::end_of_turn::EndOfTurnScorer;
@@ -278,6 +279,10 @@ fn words_cached_while_the_user_speaks_are_not_computed_again_at_the_pause() {
     prepared
         .prepare(said, "I want to book a table for two at the")
         .expect("prepare");
+    // The pause begins: its last word is computed again to warm the model.
+    prepared
+        .warm(said, "I want to book a table for two at the")
+        .expect("warm");
     let at_pause = prepared.score(said, heard).expect("score");
     println!("afresh {whole:?}, after caching {at_pause:?}");
     assert!(
