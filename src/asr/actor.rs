@@ -13,7 +13,7 @@
 //! pass runs; its result is collected at the next frame.
 //!
 //! The final is decoded speculatively when the VAD reports a pause
-//! (`SpeechPaused`, 150 ms into the silence, 64 ms under semantic VAD): if
+//! (`SpeechPaused`, 150 ms into the silence, 32 ms under semantic VAD): if
 //! the VAD then stops the turn with the same end of speech, the transcript
 //! is ready (or nearly) when `speech_stopped` arrives, instead of a whole
 //! decode later. Until the user speaks again no partial pass runs (the
@@ -311,7 +311,14 @@ impl AsrActor {
         if self.clock < at || stopped {
             return Ok(());
         }
-        if matches!(self.pass, Some((PassKind::Partial, _))) {
+        // A partial pass, or a speculative final of an earlier pause the
+        // user spoke through, is stopped (it returns after its encoder pass).
+        if matches!(self.pass, Some((PassKind::Partial, _)))
+            || matches!(
+                self.pass,
+                Some((PassKind::Speculative { speech_end_ms: end }, _)) if end != speech_end_ms
+            )
+        {
             self.abort.store(true, Ordering::SeqCst);
             self.collect(true, ctx).await?;
         }

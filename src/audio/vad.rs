@@ -216,12 +216,14 @@ pub struct VadActor {
 pub const PAUSE_HINT_MS: u64 = 150;
 
 /// The same under semantic VAD, whose windows can close 150-200 ms after
-/// speech: the final decode (about 300 ms on two cores), which the pause is
-/// scored on, starts two VAD steps into the silence. A pause the user
-/// speaks through costs little: its decode serves as the next partial.
-/// (`duplex bench turn`, median over the ten clips: commit 448 ms after
-/// speech end instead of 544, first audio out 837 ms instead of 955.)
-pub const SEMANTIC_PAUSE_HINT_MS: u64 = 64;
+/// speech: the final decode (about 250-300 ms on two cores), which the
+/// pause is scored on, starts at the first VAD step of silence. A pause the
+/// user speaks through costs little: its decode serves as the next partial.
+/// (`duplex run` of the ten clips through VAD -> whisper -> end_of_turn,
+/// two alternating runs each way: median commit 352 and 352 ms after the
+/// end of speech at 32 ms, 416 and 384 at 64; `duplex bench turn` with the
+/// hint at 150 ms had given 544.)
+pub const SEMANTIC_PAUSE_HINT_MS: u64 = 32;
 
 impl VadActor {
     pub fn new(
