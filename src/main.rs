@@ -206,7 +206,6 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
-    duplex::huge_pages::restart_with_huge_pages();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
