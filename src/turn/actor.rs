@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 
 use super::end_of_turn::EndOfTurnScorer;
-use crate::graph::{Actor, Ctx, DataFrame, Payload, SystemFrame, SystemKind};
+use crate::graph::{Actor, Control, Ctx, DataFrame, Payload, SystemFrame, SystemKind};
 use crate::orchestrator::heard::Heard;
 
 pub struct TurnActor {
@@ -40,6 +40,11 @@ pub struct TurnActor {
     /// The utterance being spoken and its words committed so far (cached in
     /// the scorer as they come).
     committed: Option<(String, String)>,
+    /// Semantic VAD is on, as the last pause (or session.update) said: only
+    /// then are committed words cached, so a server VAD session spends
+    /// nothing on the scorer. Until a pause says so, the first pause
+    /// computes the words committed before it.
+    semantic: bool,
 }
 
 impl TurnActor {
@@ -49,6 +54,7 @@ impl TurnActor {
             last: None,
             heard,
             committed: None,
+            semantic: false,
         }
     }
 
@@ -64,6 +70,9 @@ impl TurnActor {
             _ => words.trim_start().to_string(),
         };
         self.committed = Some((item_id.to_string(), text.clone()));
+        if !self.semantic {
+            return Ok(());
+        }
         self.with_scorer(move |scorer, said| scorer.prepare(said, &text))
             .await
             .context("caching the user's words for the end-of-turn scorer")
@@ -157,13 +166,18 @@ impl TurnActor {
 #[async_trait]
 impl Actor for TurnActor {
     async fn on_system(&mut self, frame: &SystemFrame, _ctx: &Ctx) -> Result<()> {
-        // A pause to be scored: while the recognizer decodes it, bring the
-        // scorer's weights back into memory (see `EndOfTurnScorer::warm`).
-        if let SystemKind::SpeechPaused {
+        let SystemKind::SpeechPaused {
             item_id,
-            wants_score: true,
+            wants_score,
             ..
         } = &frame.kind
+        else {
+            return Ok(());
+        };
+        self.semantic = *wants_score;
+        // A pause to be scored: while the recognizer decodes it, bring the
+        // scorer's weights back into memory (see `EndOfTurnScorer::warm`).
+        if *wants_score
             && let Some((item, words)) = &self.committed
             && item == item_id
         {
@@ -195,6 +209,14 @@ impl Actor for TurnActor {
                 )
                 .await;
         }
+        if let Payload::Control(control) = &frame.payload
+            && let Control::Configure(settings) = control.as_ref()
+            && let Some(turn_detection) = &settings.turn_detection
+        {
+            self.semantic = turn_detection
+                .as_ref()
+                .is_some_and(|t| t.semantic.is_some());
+        }
         let committed = match &frame.payload {
             Payload::Transcript {
                 item_id,
@@ -208,5 +230,70 @@ impl Actor for TurnActor {
             self.prepare(&item_id, &words).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::EventSink;
+    use crate::graph::INPUT;
+    use crate::graph::actor::{SessionLink, mailbox};
+    use crate::llm::local::LocalModel;
+    use crate::models::ModelStore;
+
+    fn committed(words: &str) -> DataFrame {
+        DataFrame {
+            t_ms: 0,
+            response_id: INPUT,
+            payload: Payload::Transcript {
+                item_id: "item_1".into(),
+                text: words.into(),
+                is_final: false,
+            },
+        }
+    }
+
+    fn paused(wants_score: bool) -> SystemFrame {
+        SessionLink::new().frame(
+            0,
+            SystemKind::SpeechPaused {
+                item_id: "item_1".into(),
+                audio_end_ms: 1000,
+                speech_end_ms: 968,
+                wants_score,
+            },
+        )
+    }
+
+    fn cached(actor: &TurnActor) -> usize {
+        actor.scorer.as_ref().expect("scorer").cached_tokens()
+    }
+
+    #[tokio::test]
+    async fn committed_words_are_cached_only_under_semantic_vad() {
+        let model = LocalModel::load(&ModelStore::from_env()).expect("the local LLM");
+        let scorer = EndOfTurnScorer::new(&model).expect("scorer");
+        let mut actor = TurnActor::new(scorer, Arc::new(Heard::new()));
+        let (events, _rx) = EventSink::new();
+        let (out, _inbox) = mailbox();
+        let ctx = Ctx::new("turn", vec![out], events, SessionLink::new());
+
+        // Server VAD: words come and a pause passes unscored; nothing runs.
+        actor.on_data(committed("I want"), &ctx).await.unwrap();
+        actor.on_system(&paused(false), &ctx).await.unwrap();
+        actor.on_data(committed(" to book"), &ctx).await.unwrap();
+        assert_eq!(cached(&actor), 0, "server VAD spends nothing on the scorer");
+
+        // A pause to be scored: the words so far are computed while the
+        // recognizer decodes it, and words after it as they come.
+        actor.on_system(&paused(true), &ctx).await.unwrap();
+        let at_pause = cached(&actor);
+        assert!(at_pause > 0, "the pause computed the words so far");
+        actor.on_data(committed(" a table"), &ctx).await.unwrap();
+        assert!(
+            cached(&actor) > at_pause,
+            "words committed under semantic VAD are cached as they come"
+        );
     }
 }

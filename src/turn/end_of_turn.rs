@@ -107,6 +107,12 @@ impl EndOfTurnScorer {
         Ok(())
     }
 
+    /// How many prompt tokens the scorer holds in its cache.
+    #[cfg(test)]
+    pub(crate) fn cached_tokens(&self) -> usize {
+        self.session.cached_tokens().len()
+    }
+
     /// The chat-template tokens up to the end of `user_text` (`None` when
     /// there are no words to read).
     fn prompt(&self, assistant: Option<&str>, user_text: &str) -> Result<Option<Vec<u32>>> {
