@@ -59,8 +59,17 @@ fn digit_word(d: char) -> &'static str {
     d.to_digit(10).map(|i| DIGITS[i as usize]).unwrap_or("")
 }
 
-/// English words for `n` ("one hundred twenty three").
+/// English words for `n` ("one hundred twenty three"); from a thousand
+/// trillion up, digit by digit (such numbers are codes, not amounts).
 pub fn number_words(n: u64) -> String {
+    if n >= 1_000 * 1_000_000_000_000 {
+        return n
+            .to_string()
+            .chars()
+            .map(digit_word)
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
     const SMALL: [&str; 20] = [
         "zero",
         "one",
@@ -184,6 +193,17 @@ mod tests {
 
     #[test]
     fn number_words_cover_scales() {
+        assert_eq!(
+            number_words(999_999_999_999_999),
+            "nine hundred ninety nine trillion nine hundred ninety nine billion \
+             nine hundred ninety nine million nine hundred ninety nine thousand \
+             nine hundred ninety nine"
+        );
+        assert_eq!(
+            number_words(43_900_000_000_000_001),
+            "four three nine zero zero zero zero zero zero zero zero zero zero zero zero zero one"
+        );
+        assert_eq!(normalize("18446744073709551615").len(), 20);
         assert_eq!(number_words(0), "zero");
         assert_eq!(number_words(19), "nineteen");
         assert_eq!(number_words(40), "forty");

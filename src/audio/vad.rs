@@ -220,9 +220,10 @@ pub const PAUSE_HINT_MS: u64 = 150;
 /// pause is scored on, starts at the first VAD step of silence. A pause the
 /// user speaks through costs little: its decode serves as the next partial.
 /// (`duplex run` of the ten clips through VAD -> whisper -> end_of_turn,
-/// two alternating runs each way: median commit 352 and 352 ms after the
-/// end of speech at 32 ms, 416 and 384 at 64; `duplex bench turn` with the
-/// hint at 150 ms had given 544.)
+/// two alternating runs each way, with the models on huge pages at the
+/// time: median commit 352 and 352 ms after the end of speech at 32 ms, 416
+/// and 384 at 64. `tests/turn_taking.rs` at 32 ms: median 416 ms, no
+/// mid-sentence pause taken for the end of the turn.)
 pub const SEMANTIC_PAUSE_HINT_MS: u64 = 32;
 
 impl VadActor {
