@@ -188,10 +188,16 @@ async fn an_answer_speculated_in_a_pause_the_user_speaks_through_leaves_no_trace
             "{name}: audio before the commit"
         );
         // The held answer's words appear nowhere the client can see
-        // (unless the two answers happen to open alike).
+        // (unless the two answers happen to open alike, or the held one only
+        // echoed the user's words, which the client sees in the transcript:
+        // "He was not." answered "He was not.").
         let abandoned_words = words(&abandoned);
         let opening = abandoned_words[..abandoned_words.len().min(6)].join(" ");
-        if !words(&answer).join(" ").starts_with(&opening) {
+        let echoes_the_user = words(&final_text).join(" ").contains(&opening);
+        if echoes_the_user {
+            println!("  (the held answer echoed the user's words: not looked for)");
+        }
+        if !echoes_the_user && !words(&answer).join(" ").starts_with(&opening) {
             let client_text = events
                 .iter()
                 .filter(|e| e["type"] != "duplex.turn.speculation")
