@@ -311,13 +311,14 @@ impl AsrActor {
         if self.clock < at || stopped {
             return Ok(());
         }
-        // A partial pass, or a speculative final of an earlier pause the
-        // user spoke through, is stopped (it returns after its encoder pass).
-        if matches!(self.pass, Some((PassKind::Partial, _)))
-            || matches!(
-                self.pass,
-                Some((PassKind::Speculative { speech_end_ms: end }, _)) if end != speech_end_ms
-            )
+        // Any other pass (a partial, or the speculative final of an earlier
+        // pause the user spoke through) is stopped: it returns after its
+        // encoder pass.
+        let this_pause = PassKind::Speculative { speech_end_ms };
+        if self
+            .pass
+            .as_ref()
+            .is_some_and(|(kind, _)| *kind != this_pause)
         {
             self.abort.store(true, Ordering::SeqCst);
             self.collect(true, ctx).await?;

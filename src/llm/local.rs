@@ -624,12 +624,15 @@ impl LocalSession {
     }
 
     /// The next-token logits after `prompt` (raw ids), reusing the cached
-    /// prefix; the cache then holds `prompt`. For scoring what the model
-    /// expects next (the end-of-turn token, say) without generating.
-    pub fn next_token_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+    /// prefix, and how many tokens were computed (at least the last); the
+    /// cache then holds `prompt`. For scoring what the model expects next
+    /// (the end-of-turn token, say) without generating.
+    pub fn next_token_logits(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
         let mut prefilled = 0;
-        self.prefill(prompt, &AtomicBool::new(false), &mut prefilled)?
-            .context("prefill stopped")
+        let logits = self
+            .prefill(prompt, &AtomicBool::new(false), &mut prefilled)?
+            .context("prefill stopped")?;
+        Ok((logits, prefilled))
     }
 
     /// Feeds `prompt` after the longest cached prefix of it and returns the

@@ -168,6 +168,7 @@ impl Actor for TurnActor {
     async fn on_system(&mut self, frame: &SystemFrame, _ctx: &Ctx) -> Result<()> {
         let SystemKind::SpeechPaused {
             item_id,
+            speech_end_ms,
             wants_score,
             ..
         } = &frame.kind
@@ -176,8 +177,14 @@ impl Actor for TurnActor {
         };
         self.semantic = *wants_score;
         // A pause to be scored: while the recognizer decodes it, bring the
-        // scorer's weights back into memory (see `EndOfTurnScorer::warm`).
+        // scorer's weights back into memory (see `EndOfTurnScorer::warm`),
+        // unless its words that reached the pause were scored already.
+        let scored = self
+            .last
+            .as_ref()
+            .is_some_and(|((item, end, _), _)| item == item_id && end == speech_end_ms);
         if *wants_score
+            && !scored
             && let Some((item, words)) = &self.committed
             && item == item_id
         {

@@ -68,17 +68,14 @@ impl EndOfTurnScorer {
                 prefilled: 0,
             });
         };
-        // The session reuses the cached prefix but computes at least the
-        // last token.
-        let reused = common_prefix(self.session.cached_tokens(), &tokens).min(tokens.len() - 1);
-        let logits = self.session.next_token_logits(&tokens)?;
+        let (logits, prefilled) = self.session.next_token_logits(&tokens)?;
         let p_end: f32 = std::iter::once(self.end_of_turn)
             .chain(self.sentence_ends.iter().copied())
             .map(|token| probability_of(&logits, token as usize))
             .sum();
         Ok(Scored {
             score: p_end.clamp(0.0, 1.0),
-            prefilled: tokens.len() - reused,
+            prefilled,
         })
     }
 

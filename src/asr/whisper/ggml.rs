@@ -16,10 +16,10 @@
 //! ggml (little-endian, i32 unless said): magic `0x67676d6c`; hparams
 //! `n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer,
 //! n_text_ctx, n_text_state, n_text_head, n_text_layer, n_mels, ftype` (1 =
-//! f16 weights, 7 = q8_0); the mel filterbank as `n_mels, 201` + f32 data; the vocab
-//! as a count + (`u32 len`, bytes) per token id below `<|endoftext|>`; then
-//! per tensor `n_dims, name_len, type` (0 f32, 1 f16, 8 q8_0), dims innermost first,
-//! name, data. whisper.cpp refuses a file with an unknown tensor, a
+//! f16 weights, 7 = q8_0); the mel filterbank as `n_mels, 201` + f32 data;
+//! the vocab as a count + (`u32 len`, bytes) per token id below
+//! `<|endoftext|>`; then per tensor `n_dims, name_len, type` (0 f32, 1 f16,
+//! 8 q8_0), dims innermost first, name, data. whisper.cpp refuses a file with an unknown tensor, a
 //! wrong-sized one or a missing one, so every tensor is checked here first.
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,8 +60,9 @@ const Q8_0_BLOCK_BYTES: usize = 2 + Q8_0_BLOCK;
 /// `ftype` that announces it (ggml's `GGML_FTYPE_MOSTLY_Q8_0`).
 ///
 /// Q8_0 against f16, final decodes of the ten test clips at the 512
-/// window, 2 threads, alternating in one process (`WhisperSession::transcribe`,
-/// median of three per clip, then over the clips): 313 vs 333 ms and 300 vs
+/// window, 2 threads, alternating in one process
+/// (`WhisperSession::transcribe`, median of three per clip, then over the
+/// clips): 313 vs 333 ms and 300 vs
 /// 379 ms on a busy machine, 204 vs 252 and 235 vs 309 ms on a quieter one.
 /// The encoder's matrix products are most of a decode. The words were the
 /// same on eight clips; on the other two both had one error ("4 queen of
@@ -516,8 +517,9 @@ impl<'m> Planner<'m> {
 /// Converts the CTranslate2 Whisper model in `ct2_dir` (`model.bin` and
 /// `tokenizer.json`) into a whisper.cpp ggml file at `out`: q8_0 weight
 /// matrices ([`WEIGHT_TYPE`]), f16 convolutions, f32 biases/norms/positional
-/// embeddings, Slaney mel filters, byte-level vocabulary. Writes `out` under a temporary name and renames it into
-/// place, so `out` is either absent or complete.
+/// embeddings, Slaney mel filters, byte-level vocabulary. Writes `out` under
+/// a temporary name and renames it into place, so `out` is either absent or
+/// complete.
 pub fn convert_ct2_to_ggml(ct2_dir: &Path, out: &Path) -> Result<()> {
     let model_path = ct2_dir.join("model.bin");
     let tokenizer_path = ct2_dir.join("tokenizer.json");
