@@ -8,6 +8,7 @@ pub mod audio;
 pub mod avatar;
 pub mod bench;
 pub mod graph;
+pub mod huge_pages;
 pub mod latency;
 pub mod llm;
 pub mod models;

@@ -203,6 +203,8 @@ fn once<T: Clone>(cell: &OnceLock<T>, load: impl FnOnce() -> Result<T>) -> Resul
         return Ok(model.clone());
     }
     let model = load()?;
+    // The new weights are resident now: move them into huge pages.
+    crate::huge_pages::collapse_resident_memory();
     Ok(cell.get_or_init(|| model).clone())
 }
 
@@ -430,7 +432,7 @@ impl UtteranceRecognizer for WhisperRecognizer {
             abort: Some(abort.clone()),
             ..DecodeOptions::default()
         };
-        self.session.transcribe(audio, &options)
+        self.session.transcribe_final(audio, &options)
     }
 
     fn latest_guess(&self) -> Option<String> {
