@@ -15,7 +15,7 @@
 //! under 300 ms. Printed side by side with server VAD: the delay from
 //! speech end to commit on complete utterances (the window, or later when
 //! the score comes later: when the last partial stopped short of the
-//! pause, the pause is scored on the final decode, about 300 ms on two
+//! pause, the pause is scored on the final decode, 150-250 ms on two
 //! cores; a matter of the machine's speed, so it is printed, and
 //! `duplex bench turn` measures it).
 

@@ -216,7 +216,7 @@ pub struct VadActor {
 pub const PAUSE_HINT_MS: u64 = 150;
 
 /// The same under semantic VAD, whose windows can close 150-200 ms after
-/// speech: the final decode (about 250-300 ms on two cores), which the
+/// speech: the final decode (about 150-250 ms on two cores), which the
 /// pause is scored on, starts at the first VAD step of silence. A pause the
 /// user speaks through costs little: its decode serves as the next partial.
 /// (`duplex run` of the ten clips through VAD -> whisper -> end_of_turn,
