@@ -320,8 +320,14 @@ impl AsrActor {
             .as_ref()
             .is_some_and(|(kind, _)| *kind != this_pause)
         {
+            let (waited, running_ms) = (Instant::now(), self.pass_started.0.elapsed());
             self.abort.store(true, Ordering::SeqCst);
             self.collect(true, ctx).await?;
+            tracing::debug!(
+                running_ms = running_ms.as_millis() as u64,
+                waited_ms = waited.elapsed().as_millis() as u64,
+                "a pass in flight at the pause was stopped"
+            );
         }
         let Some(mut engine) = self.engine.take() else {
             return Ok(());

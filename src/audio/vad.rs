@@ -486,8 +486,13 @@ impl Actor for VadActor {
                 );
             }
             self.pending.extend_from_slice(&chunk.samples);
+            // The audio goes on once it is classified: a pause reaches the
+            // recognizer before the silence that shows it, so no partial
+            // pass starts on that silence only to be stopped at the pause
+            // (whisper.cpp stops after its encoder: up to ~100 ms lost).
+            let classified = self.run_chunks(ctx).await;
             ctx.send(frame).await;
-            self.run_chunks(ctx).await?;
+            classified?;
         } else {
             ctx.send(frame).await;
         }
