@@ -12,7 +12,9 @@
 //! one core (one thread, wall time / audio time, median of 3), against
 //! whisper.cpp's default full 30 s encoder window on the same clips: the
 //! peer, measured in the same run, that also gives the ratio for the final's
-//! latency.
+//! latency. And the final decode alone with the pipeline's threads: the
+//! quick final (a 320-position window first, redone at 512 when it loops)
+//! against a plain decode at the 512 floor.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::asr::wer::WerTally;
-use crate::asr::whisper::{DecodeOptions, MAX_AUDIO_CTX};
+use crate::asr::whisper::{DecodeOptions, MAX_AUDIO_CTX, WhisperSession};
 use crate::audio::decode_file;
 use crate::graph::{NodeKind, Pipeline, Resources};
 use crate::runner::{Pace, run_pcm};
@@ -111,6 +113,10 @@ pub struct Report {
     /// The full-window final decode with the pipeline's threads (what a
     /// final would cost after the end of speech without the sized window).
     pub full_window_final_ms: Vec<f64>,
+    /// The pipeline's final decode (`transcribe_final`) with its threads.
+    pub quick_final_ms: Vec<f64>,
+    /// A plain decode at the 512 floor with the pipeline's threads.
+    pub floor_final_ms: Vec<f64>,
 }
 
 fn clip_name(path: &Path) -> String {
@@ -193,22 +199,31 @@ async fn stream_clip(
 }
 
 /// Wall ms of a final decode of each clip with `options`, median of `runs`
-/// after one warm-up.
+/// after one warm-up; `quick`: [`WhisperSession::transcribe_final`], else a
+/// plain `transcribe`.
 fn decode_cost(
     resources: &Resources,
     clips: &[Vec<f32>],
     options: &DecodeOptions,
+    quick: bool,
     runs: usize,
 ) -> Result<Vec<f64>> {
     let model = resources.whisper()?;
     let mut session = model.session()?;
+    let decode = |session: &mut WhisperSession, audio: &[f32]| {
+        if quick {
+            session.transcribe_final(audio, options)
+        } else {
+            session.transcribe(audio, options)
+        }
+    };
     let mut out = Vec::new();
     for audio in clips {
-        session.transcribe(audio, options)?;
+        decode(&mut session, audio)?;
         let mut times: Vec<f64> = (0..runs.max(1))
             .map(|_| {
                 let t0 = Instant::now();
-                session.transcribe(audio, options)?;
+                decode(&mut session, audio)?;
                 Ok(t0.elapsed().as_secs_f64() * 1000.0)
             })
             .collect::<Result<_>>()?;
@@ -250,7 +265,7 @@ pub async fn run(resources: &Arc<Resources>, pipeline_path: &Path) -> Result<Rep
         .map(|a| a.len() as f64 * 1000.0 / crate::asr::ASR_RATE as f64)
         .collect();
     let resources = resources.clone();
-    let (duplex, full_window, full_window_final_ms) = tokio::task::spawn_blocking(move || {
+    let costs = tokio::task::spawn_blocking(move || {
         let one_core = DecodeOptions {
             threads: 1,
             ..DecodeOptions::default()
@@ -263,21 +278,34 @@ pub async fn run(resources: &Arc<Resources>, pipeline_path: &Path) -> Result<Rep
             threads,
             ..full.clone()
         };
-        Ok::<_, anyhow::Error>((
-            decode_cost(&resources, &audio, &one_core, 3)?,
-            decode_cost(&resources, &audio, &full, 3)?,
-            decode_cost(&resources, &audio, &full_final, 1)?,
-        ))
+        let pipeline_final = DecodeOptions {
+            threads,
+            ..DecodeOptions::default()
+        };
+        Ok::<_, anyhow::Error>([
+            decode_cost(&resources, &audio, &one_core, true, 3)?,
+            decode_cost(&resources, &audio, &full, false, 3)?,
+            decode_cost(&resources, &audio, &full_final, false, 1)?,
+            decode_cost(&resources, &audio, &pipeline_final, true, 3)?,
+            decode_cost(&resources, &audio, &pipeline_final, false, 3)?,
+        ])
     })
     .await
     .context("decode benchmark thread")??;
+    let [
+        duplex,
+        full_window,
+        full_window_final_ms,
+        quick_final_ms,
+        floor_final_ms,
+    ] = costs;
     Ok(Report {
         pipeline: pipeline_path.to_path_buf(),
         clips: results,
         wer: tally.rate(),
         audio_ms,
         duplex: DecodeCost {
-            window: "sized window",
+            window: "quick final",
             ms: duplex,
         },
         full_window: DecodeCost {
@@ -285,6 +313,8 @@ pub async fn run(resources: &Arc<Resources>, pipeline_path: &Path) -> Result<Rep
             ms: full_window,
         },
         full_window_final_ms,
+        quick_final_ms,
+        floor_final_ms,
     })
 }
 
@@ -340,6 +370,12 @@ pub fn print(report: &Report) {
         final_median / peer_final.max(1e-9)
     );
     println!("  final WER over all clips: {:.1} %", report.wer * 100.0);
+    let (quick, _) = stats(report.quick_final_ms.iter().copied());
+    let (floor, _) = stats(report.floor_final_ms.iter().copied());
+    println!(
+        "  final decode alone (pipeline threads): quick final (320 window, redone at 512 on a loop) median {quick:.0} ms, a decode at the 512 floor {floor:.0} ms; ratio {:.2}x",
+        quick / floor.max(1e-9)
+    );
     let audio: f64 = report.audio_ms.iter().sum();
     let rtf = |cost: &DecodeCost| cost.ms.iter().sum::<f64>() / audio.max(1e-9);
     println!(
