@@ -184,6 +184,11 @@ pub fn audio_ctx_for(samples: usize, floor: usize) -> usize {
 }
 
 impl DecodeOptions {
+    /// Whether this decode is greedy (no beam, or a beam of one).
+    pub fn greedy(&self) -> bool {
+        self.beam.is_none_or(|n| n <= 1)
+    }
+
     /// The encoder window for `samples` samples of 16 kHz audio: 50
     /// positions per second (rounded up) plus `audio_ctx_margin`, clamped to
     /// `[audio_ctx_floor, 1500]`.
@@ -343,7 +348,7 @@ impl WhisperSession {
         };
 
         let strategy = match opts.beam {
-            Some(n) if n > 1 => SamplingStrategy::BeamSearch {
+            Some(n) if !opts.greedy() => SamplingStrategy::BeamSearch {
                 beam_size: n as i32,
                 patience: -1.0,
             },
@@ -371,7 +376,7 @@ impl WhisperSession {
             params.set_temperature_inc(0.0);
         }
         self.loop_guard.looped = false;
-        if opts.stop_loops && opts.beam.is_none() {
+        if opts.stop_loops && opts.greedy() {
             // SAFETY: the guard is boxed in `self`, which `full` borrows
             // mutably, so it stays put and nothing else touches it until
             // `full` returns.
@@ -452,11 +457,12 @@ impl WhisperSession {
 
     /// The final transcript of an utterance, quickly: a greedy decode first
     /// runs at [`FAST_FINAL_AUDIO_CTX_FLOOR`] with loops stopped as they
-    /// start; only when it loops is the audio decoded again with `opts`
-    /// (whose window floor, [`DEFAULT_AUDIO_CTX_FLOOR`], does not loop on
-    /// the test clips). A beam search (`opts.beam`) runs as asked at once.
+    /// start; only when it loops is the audio decoded again with `opts` (at
+    /// [`DEFAULT_AUDIO_CTX_FLOOR`] loops are rare, and the temperature
+    /// fallback recovers from them). A beam search (`opts.beam`) runs as
+    /// asked at once.
     pub fn transcribe_final(&mut self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String> {
-        if opts.beam.is_none_or(|n| n <= 1) {
+        if opts.greedy() {
             let fast = DecodeOptions {
                 audio_ctx_floor: FAST_FINAL_AUDIO_CTX_FLOOR.min(opts.audio_ctx_floor),
                 temperature_fallback: false,
