@@ -79,54 +79,12 @@ impl Linear {
 
 /// f16 bits to f32 (IEEE half precision).
 pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: normalize.
-            let mut e = 127 - 15 + 1;
-            let mut m = man;
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((m & 0x3ff) << 13)
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
+    half::f16::from_bits(h).to_f32()
 }
 
-/// f32 to f16 bits, rounding to nearest even (finite, normal-range inputs;
-/// used for scales, which are).
+/// f32 to f16 bits, rounding to nearest even.
 pub fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
-    let man = bits & 0x7f_ffff;
-    if x == 0.0 || exp <= 0 {
-        if exp < -10 || x == 0.0 {
-            return sign;
-        }
-        // Subnormal half.
-        let m = man | 0x80_0000;
-        let shift = (14 - exp) as u32;
-        let half = m >> shift;
-        let rem = m & ((1 << shift) - 1);
-        let mid = 1 << (shift - 1);
-        let round = (rem > mid || (rem == mid && half & 1 == 1)) as u32;
-        return sign | (half + round) as u16;
-    }
-    if exp >= 0x1f {
-        return sign | 0x7c00;
-    }
-    let half = ((exp as u32) << 10) | (man >> 13);
-    let rem = man & 0x1fff;
-    let round = (rem > 0x1000 || (rem == 0x1000 && half & 1 == 1)) as u32;
-    sign | (half + round) as u16
+    half::f16::from_f32(x).to_bits()
 }
 
 /// One weight row decoded from GGUF blocks: per block the f16 bits of `d`
