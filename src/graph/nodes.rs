@@ -244,6 +244,7 @@ impl Resources {
             return Ok(model.clone());
         }
         let model = Arc::new(crate::asr::conformer::nemo::load(path)?);
+        crate::huge_pages::collapse_resident_memory();
         models.insert(path.to_path_buf(), model.clone());
         Ok(model)
     }
