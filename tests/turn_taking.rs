@@ -14,8 +14,8 @@
 //! ends the turn; and the median window that ends a complete utterance is
 //! under 300 ms. Printed side by side with server VAD: the delay from
 //! speech end to commit on complete utterances (the window, or later when
-//! the score comes later: when the last partial stopped short of the
-//! pause, the pause is scored on the final decode, 150-250 ms on two
+//! the score comes later: unless a partial pass heard the speech up to the
+//! pause, the pause is scored on the final decode, 150-300 ms on two
 //! cores; a matter of the machine's speed, so it is printed, and
 //! `duplex bench turn` measures it).
 

@@ -203,7 +203,8 @@ fn word_error_rate_on_real_speech_is_at_most_15_percent() {
 /// clips: the loop is stopped within a few words of the real text, and
 /// `looped` says so. Decoded again on the default window, the ten finals
 /// make at most one error more than the default decode (on the ten clips
-/// they differ in commas and full stops only).
+/// they differ in commas and full stops only). A final that loops first
+/// hands its guess (the words before the loop) over before decoding again.
 #[test]
 fn quick_finals_stop_loops_early_and_keep_the_error_rate() {
     let _guard = exclusive();
@@ -244,18 +245,40 @@ fn quick_finals_stop_loops_early_and_keep_the_error_rate() {
     // Fresh sessions: whisper.cpp's temperature fallback draws from a random
     // state that lives in the session, so results after other calls differ.
     let (mut quick, mut default) = (WerTally::default(), WerTally::default());
+    let mut guessed = Vec::new();
     for clip in &clips {
         let fresh = || model.session().expect("session");
+        let mut guesses = Vec::new();
         let text = fresh()
-            .transcribe_final(&clip.audio, &opts())
+            .transcribe_final(&clip.audio, &opts(), &mut |g| guesses.push(g.to_string()))
             .expect("quick final");
         quick.add(&clip.reference, &text);
+        if let [guess] = guesses.as_slice() {
+            let said = clip.reference.split_whitespace().count();
+            let words = guess.split_whitespace().count();
+            assert!(
+                (1..=said + 1).contains(&words),
+                "{}: the guess before the loop is {guess:?} ({said} words said)",
+                clip.name
+            );
+            guessed.push(clip.name.clone());
+        } else {
+            assert!(
+                guesses.is_empty(),
+                "{}: one guess at most: {guesses:?}",
+                clip.name
+            );
+        }
         let text = fresh().transcribe(&clip.audio, &opts()).expect("final");
         default.add(&clip.reference, &text);
     }
     eprintln!(
-        "errors: quick finals {}/{}, default decode {}/{}; looped first: {looped:?}",
+        "errors: quick finals {}/{}, default decode {}/{}; looped first: {looped:?}; guessed: {guessed:?}",
         quick.errors, quick.words, default.errors, default.words
+    );
+    assert!(
+        !guessed.is_empty(),
+        "no quick final looped and handed a guess over"
     );
     assert!(
         quick.errors <= default.errors + 1,

@@ -36,7 +36,10 @@ pub trait StreamingAsr: Send + 'static {
     /// Adds `new_audio` and returns what [`finalize`](Self::finalize) would
     /// if the utterance ended here, without ending it (the user paused; the
     /// turn may be over). Stops early when the abort flag is raised.
-    fn speculate(&mut self, new_audio: &[f32]) -> Result<String>;
+    /// An engine whose first try must be decoded again (Whisper's after a
+    /// decoding loop) hands `guess` the words it heard before the loop
+    /// first, for the turn detector to read while it decodes.
+    fn speculate(&mut self, new_audio: &[f32], guess: &mut dyn FnMut(&str)) -> Result<String>;
 
     /// The last partial pass's whole hypothesis, words the engine was
     /// unsure of included (`partial` may hold those back from commitment):
@@ -44,6 +47,14 @@ pub trait StreamingAsr: Send + 'static {
     /// engine has no such difference.
     fn latest_guess(&self) -> Option<String> {
         None
+    }
+
+    /// Whether the last partial pass decoded its audio just as a final
+    /// would (same window, same search, no loop cut off), so that its whole
+    /// hypothesis can stand as the final when that audio reaches the end of
+    /// speech. `false` when unsure.
+    fn guess_is_final(&self) -> bool {
+        false
     }
 
     /// Forgets the current utterance.
@@ -66,9 +77,27 @@ pub trait UtteranceRecognizer: Send + 'static {
         abort: &Arc<AtomicBool>,
     ) -> Result<String>;
 
+    /// A final decode (`transcribe(audio, true, abort)`) that hands `guess`
+    /// what a first try heard when it must decode again; see
+    /// [`StreamingAsr::speculate`].
+    fn transcribe_final(
+        &mut self,
+        audio: &[f32],
+        abort: &Arc<AtomicBool>,
+        guess: &mut dyn FnMut(&str),
+    ) -> Result<String> {
+        let _ = guess;
+        self.transcribe(audio, true, abort)
+    }
+
     /// See [`StreamingAsr::latest_guess`].
     fn latest_guess(&self) -> Option<String> {
         None
+    }
+
+    /// See [`StreamingAsr::guess_is_final`].
+    fn guess_is_final(&self) -> bool {
+        false
     }
 }
 
@@ -102,13 +131,18 @@ impl<R: UtteranceRecognizer> StreamingAsr for Redecode<R> {
         result
     }
 
-    fn speculate(&mut self, new_audio: &[f32]) -> Result<String> {
+    fn speculate(&mut self, new_audio: &[f32], guess: &mut dyn FnMut(&str)) -> Result<String> {
         self.audio.extend_from_slice(new_audio);
-        self.recognizer.transcribe(&self.audio, true, &self.abort)
+        self.recognizer
+            .transcribe_final(&self.audio, &self.abort, guess)
     }
 
     fn latest_guess(&self) -> Option<String> {
         self.recognizer.latest_guess()
+    }
+
+    fn guess_is_final(&self) -> bool {
+        self.recognizer.guess_is_final()
     }
 
     fn reset(&mut self) {

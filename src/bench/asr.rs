@@ -212,7 +212,7 @@ fn decode_cost(
     let mut session = model.session()?;
     let decode = |session: &mut WhisperSession, audio: &[f32]| {
         if quick {
-            session.transcribe_final(audio, options)
+            session.transcribe_final(audio, options, &mut |_| {})
         } else {
             session.transcribe(audio, options)
         }

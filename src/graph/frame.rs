@@ -146,7 +146,8 @@ pub enum Payload {
         is_final: bool,
     },
     /// The words of an utterance heard up to a pause that began at
-    /// `speech_end_ms` (the latest partial hypothesis, then the speculative
+    /// `speech_end_ms` (guesses first: a partial hypothesis that heard up to
+    /// the pause, the words before a decoding loop; then the speculative
     /// final): what the end of the turn is judged on (ASR -> turn actor).
     PauseTranscript {
         item_id: String,

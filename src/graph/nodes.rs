@@ -427,17 +427,31 @@ impl UtteranceRecognizer for WhisperRecognizer {
                 .session
                 .transcribe_partial(audio, self.threads, Some(abort.clone()));
         }
+        self.transcribe_final(audio, abort, &mut |_| {})
+    }
+
+    fn transcribe_final(
+        &mut self,
+        audio: &[f32],
+        abort: &Arc<AtomicBool>,
+        guess: &mut dyn FnMut(&str),
+    ) -> Result<String> {
         let options = DecodeOptions {
             threads: self.threads,
             beam: self.final_beam,
             abort: Some(abort.clone()),
             ..DecodeOptions::default()
         };
-        self.session.transcribe_final(audio, &options)
+        self.session.transcribe_final(audio, &options, guess)
     }
 
     fn latest_guess(&self) -> Option<String> {
         Some(self.session.last_guess().to_string())
+    }
+
+    fn guess_is_final(&self) -> bool {
+        // A beam search final is decoded differently from any partial.
+        self.final_beam.is_none() && self.session.last_guess_is_final()
     }
 }
 

@@ -3,13 +3,13 @@
 //! assistant say, and raises the score to every stage (`EndOfTurnScore`),
 //! which semantic VAD turns into its silence window.
 //!
-//! Scoring runs on the blocking pool. A pause is scored on the latest partial
-//! hypothesis at once (when its audio reaches the pause: the recognizer
-//! holds back one that stops short), and again when the speculative final
-//! arrives if its words differ (if they do not, the score is raised again,
-//! marked as the final decode's, for the controller's speculative answer);
-//! a score for a pause the user has since spoken through is ignored by the
-//! VAD.
+//! Scoring runs on the blocking pool. A pause is scored on each guess the
+//! recognizer sends of what was said up to it (a partial hypothesis whose
+//! audio reaches the pause, the words before a decoding loop; see
+//! `crate::asr::actor`), and again when the speculative final arrives if
+//! its words differ (if they do not, the score is raised again, marked as
+//! the final decode's, for the controller's speculative answer); a score
+//! for a pause the user has since spoken through is ignored by the VAD.
 //!
 //! While the user speaks, the words the recognizer commits are cached in the
 //! scorer as they come, so scoring a pause costs a prefill of only the

@@ -334,7 +334,7 @@ impl StreamingAsr for ConformerAsr {
         result
     }
 
-    fn speculate(&mut self, new_audio: &[f32]) -> Result<String> {
+    fn speculate(&mut self, new_audio: &[f32], _guess: &mut dyn FnMut(&str)) -> Result<String> {
         self.run(|me| {
             me.stream
                 .push(&me.model, me.ctx, new_audio, Some(&me.abort))?;

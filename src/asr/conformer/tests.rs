@@ -166,7 +166,7 @@ fn partials_grow_chunk_by_chunk_and_final_matches_offline_text() {
     // 200 ms pieces, 160 ms chunks: the encoder advances on nearly every call.
     let advancing = frames.windows(2).filter(|w| w[1] > w[0]).count();
     assert!(advancing >= frames.len() * 3 / 4, "{frames:?}");
-    let speculated = asr.speculate(&[]).unwrap();
+    let speculated = asr.speculate(&[], &mut |_| {}).unwrap();
     assert_eq!(speculated, offline_text);
     let fin = asr.finalize(&[]).unwrap();
     assert_eq!(fin, offline_text);

@@ -284,6 +284,7 @@ impl WhisperModel {
             first_special_token: eot,
             padded: Vec::new(),
             last_guess: String::new(),
+            last_guess_is_final: false,
             loop_guard: Box::new(LoopGuard::new(eot, n_vocab)),
         })
     }
@@ -299,6 +300,8 @@ pub struct WhisperSession {
     padded: Vec<f32>,
     /// See [`WhisperSession::last_guess`].
     last_guess: String,
+    /// See [`WhisperSession::last_guess_is_final`].
+    last_guess_is_final: bool,
     /// The logits filter of decodes with [`DecodeOptions::stop_loops`]
     /// (boxed: whisper.cpp holds its address during a decode).
     loop_guard: Box<LoopGuard>,
@@ -332,6 +335,7 @@ impl WhisperSession {
     pub fn transcribe(&mut self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String> {
         let abort = opts.abort.clone();
         let aborted = || abort.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+        self.last_guess_is_final = false;
         if aborted() {
             return Err(Aborted.into());
         }
@@ -451,6 +455,9 @@ impl WhisperSession {
         };
         let guess = self.transcribe(audio_16k, &fast)?;
         self.last_guess = cut_runaway(&guess, audio_16k.len());
+        self.last_guess_is_final = !self.looped()
+            && fast.audio_ctx(audio_16k.len())
+                == audio_ctx_for(audio_16k.len(), FAST_FINAL_AUDIO_CTX_FLOOR);
         let confident = self.confident_prefix(PARTIAL_MIN_TOKEN_P)?;
         Ok(cut_runaway(&confident, audio_16k.len()))
     }
@@ -460,8 +467,15 @@ impl WhisperSession {
     /// start; only when it loops is the audio decoded again with `opts` (at
     /// [`DEFAULT_AUDIO_CTX_FLOOR`] loops are rare, and the temperature
     /// fallback recovers from them). A beam search (`opts.beam`) runs as
-    /// asked at once.
-    pub fn transcribe_final(&mut self, audio_16k: &[f32], opts: &DecodeOptions) -> Result<String> {
+    /// asked at once. Before decoding again, `guess` is handed the words
+    /// heard before the loop ([`cut_runaway`]): what the turn detector
+    /// reads meanwhile.
+    pub fn transcribe_final(
+        &mut self,
+        audio_16k: &[f32],
+        opts: &DecodeOptions,
+        guess: &mut dyn FnMut(&str),
+    ) -> Result<String> {
         if opts.greedy() {
             let fast = DecodeOptions {
                 audio_ctx_floor: FAST_FINAL_AUDIO_CTX_FLOOR.min(opts.audio_ctx_floor),
@@ -477,6 +491,7 @@ impl WhisperSession {
                 text,
                 "final decode looped; decoding again on a wider window"
             );
+            guess(&cut_runaway(&text, audio_16k.len()));
         }
         self.transcribe(audio_16k, opts)
     }
@@ -491,6 +506,15 @@ impl WhisperSession {
     /// unsure of included (what the turn detector reads at a pause).
     pub fn last_guess(&self) -> &str {
         &self.last_guess
+    }
+
+    /// Whether the last decode was a partial pass that decoded just as the
+    /// first try of [`Self::transcribe_final`] would have: audio long
+    /// enough that both use the same window (5.8 s and up), and no loop.
+    /// Its [`Self::last_guess`] is then what a greedy final of the same
+    /// audio gives.
+    pub fn last_guess_is_final(&self) -> bool {
+        self.last_guess_is_final
     }
 
     /// The text of the last decode up to the first word with a token whisper
