@@ -201,7 +201,9 @@ enum BenchCommand {
     /// Turn-taking on the ten pocketsphinx-testdata clips at real-time
     /// pace: end-of-turn scoring ms per pause (median, p90), and speech end
     /// -> first audio out with semantic VAD (with and without speculative
-    /// answers) against server VAD's 500 ms, in the same run.
+    /// answers) against server VAD's 500 ms, in the same run; then the
+    /// window the words alone get at every natural pause inside the
+    /// LibriVox sentences.
     Turn,
 }
 

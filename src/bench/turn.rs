@@ -14,6 +14,12 @@
 //! and how many speculations were adopted or thrown away. The clips run
 //! through [`super::tts::voice_turn`], the voice-turn machinery of
 //! `duplex bench tts`.
+//!
+//! Then, offline, how the words alone read at every natural pause inside a
+//! sentence ([`score_gaps`]): each quiet gap between words of the five
+//! LibriVox sentences is decoded (as a final would be) and scored as if the
+//! user had paused there; a gap whose window is 800 ms or less would end
+//! the turn if the user paused there that long.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +27,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::tts::{STAGES, Turn, med, opt_ms, voice_turn};
+use crate::asr::whisper::{DecodeOptions, default_threads};
+use crate::audio::{Pcm, decode_file, resample};
 use crate::graph::{Pipeline, Resources};
+use crate::turn::Eagerness;
+use crate::turn::end_of_turn::EndOfTurnScorer;
 
 /// The ways a turn is taken, as (name, VAD settings, controller settings).
 const WAYS: [(&str, &str, &str); 3] = [
@@ -86,6 +96,102 @@ pub struct Report {
     /// Per way: its name and one turn per clip.
     pub ways: Vec<(String, Vec<Turn>)>,
     pub load_before: Option<String>,
+    /// Every natural pause inside the LibriVox sentences, and their ends.
+    pub gaps: Vec<Gap>,
+}
+
+/// A place in a sentence scored as if the user paused there.
+pub struct Gap {
+    pub clip: String,
+    /// Where the audio was cut (ms into the clip).
+    pub at_ms: u64,
+    /// The end of the sentence (not a pause inside it).
+    pub end: bool,
+    pub text: String,
+    pub score: f32,
+    pub window_ms: u64,
+}
+
+/// The longest window that still ends a pause inside a sentence: the test
+/// set's inserted pauses are 600-800 ms.
+const CUTS_OFF_MS: u64 = 800;
+
+/// The quiet gaps between words inside `pcm`'s speech (ms): each 80 ms run
+/// of 10 ms frames at most 8% as loud as the speech's average 80 ms,
+/// quietest within 100 ms around it, at least 300 ms from the start and
+/// 200 ms from the end of speech, and 250 ms or more from the last gap.
+pub fn word_gaps(pcm: &Pcm) -> Vec<u64> {
+    let Some((start_ms, end_ms)) = pcm.energy_speech_span() else {
+        return Vec::new();
+    };
+    let frame = (pcm.sample_rate / 100).max(1) as usize;
+    let energy: Vec<f32> = pcm
+        .samples
+        .chunks(frame)
+        .map(|c| c.iter().map(|x| x * x).sum::<f32>())
+        .collect();
+    let (start, end) = ((start_ms / 10) as usize, (end_ms / 10) as usize);
+    let run = |i: usize| energy[i..i + 8].iter().sum::<f32>();
+    if end < start + 60 || end > energy.len() {
+        return Vec::new();
+    }
+    let last = end - 8;
+    let average = (start..last).map(run).sum::<f32>() / (last - start) as f32;
+    let mut gaps = Vec::new();
+    let mut i = start + 30;
+    while i + 20 < last {
+        let quiet = run(i);
+        let quietest = (i.saturating_sub(10)..(i + 10).min(last)).all(|j| run(j) >= quiet);
+        if quietest && quiet < 0.08 * average {
+            gaps.push((i as u64 + 4) * 10);
+            i += 25;
+        } else {
+            i += 1;
+        }
+    }
+    gaps
+}
+
+/// Decodes and scores every gap of [`word_gaps`] in the five LibriVox
+/// sentences, and each sentence's end (no assistant words before them).
+/// Blocks: run it on the blocking pool.
+pub fn score_gaps(resources: &Resources) -> Result<Vec<Gap>> {
+    let whisper = resources.whisper()?;
+    let llm = resources.local_llm()?;
+    let mut session = whisper.session()?;
+    let mut scorer = EndOfTurnScorer::new(&llm)?;
+    let options = DecodeOptions {
+        threads: default_threads(),
+        ..DecodeOptions::default()
+    };
+    let mut gaps = Vec::new();
+    for clip in super::asr::reference_clips()? {
+        if !clip.path.to_string_lossy().contains("librivox") {
+            continue;
+        }
+        let name = clip
+            .path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().to_string());
+        let pcm = decode_file(&clip.path)?;
+        let pcm = Pcm::new(resample(&pcm.samples, pcm.sample_rate, 16_000)?, 16_000);
+        let (_, end_ms) = pcm.energy_speech_span().context("a silent clip")?;
+        let cuts = word_gaps(&pcm).into_iter().map(|ms| (ms, false));
+        for (at_ms, end) in cuts.chain([(end_ms, true)]) {
+            let audio = &pcm.samples[..(at_ms as usize * 16).min(pcm.samples.len())];
+            let text = session.transcribe_final(audio, &options, &mut |_| {})?;
+            let score = scorer.score(None, &text)?.score;
+            gaps.push(Gap {
+                clip: name.clone(),
+                at_ms,
+                end,
+                text,
+                score,
+                window_ms: Eagerness::Auto.window_ms(score),
+            });
+        }
+    }
+    Ok(gaps)
 }
 
 pub async fn run(resources: &Arc<Resources>) -> Result<Report> {
@@ -109,9 +215,16 @@ pub async fn run(resources: &Arc<Resources>) -> Result<Report> {
             turns.push(voice_turn(p, resources, &mut synth, &clip.path).await?);
         }
     }
+    let gaps = {
+        let resources = resources.clone();
+        tokio::task::spawn_blocking(move || score_gaps(&resources))
+            .await
+            .context("the gap scoring task failed")??
+    };
     Ok(Report {
         ways: ways.into_iter().map(|(n, _, t)| (n, t)).collect(),
         load_before,
+        gaps,
     })
 }
 
@@ -211,5 +324,69 @@ pub fn print(report: &Report) {
             semantic / server.max(1e-9),
             spec / semantic.max(1e-9),
         );
+    }
+    print_gaps(&report.gaps);
+}
+
+fn print_gaps(gaps: &[Gap]) {
+    println!(
+        "the words alone at every natural pause in the five LibriVox sentences (decoded up to the gap, scored without assistant words):"
+    );
+    for g in gaps {
+        let place = if g.end { "end" } else { "gap" };
+        println!(
+            "  {:<44} {place} {:>5} ms  score {:.4} -> {:>4} ms  {}",
+            g.clip, g.at_ms, g.score, g.window_ms, g.text
+        );
+    }
+    let (ends, inside): (Vec<&Gap>, Vec<&Gap>) = gaps.iter().partition(|g| g.end);
+    let within = |v: &[&Gap], ms: u64| v.iter().filter(|g| g.window_ms <= ms).count();
+    println!(
+        "  pauses inside a sentence: {} of {} get a window of {CUTS_OFF_MS} ms or less (a pause that long there ends the turn), {} the shortest; \
+         sentence ends: {} of {} the shortest",
+        within(&inside, CUTS_OFF_MS),
+        inside.len(),
+        within(&inside, Eagerness::Auto.window_ms(1.0)),
+        within(&ends, Eagerness::Auto.window_ms(1.0)),
+        ends.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_found_between_words_not_inside_them() {
+        // Three 400 ms "words" of noise with 150 ms and 200 ms of silence
+        // between them, and silence around.
+        let rate = 16_000;
+        let noise = |ms: usize| -> Vec<f32> {
+            (0..ms * 16)
+                .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.5)
+                .collect()
+        };
+        let silence = |ms: usize| vec![0.0f32; ms * 16];
+        let samples: Vec<f32> = [
+            silence(300),
+            noise(400),
+            silence(150),
+            noise(400),
+            silence(200),
+            noise(400),
+            silence(300),
+        ]
+        .concat();
+        let gaps = word_gaps(&Pcm::new(samples, rate));
+        assert_eq!(gaps.len(), 2, "{gaps:?}");
+        assert!(
+            (700..850).contains(&gaps[0]),
+            "first gap at 700-850 ms: {gaps:?}"
+        );
+        assert!(
+            (1250..1450).contains(&gaps[1]),
+            "second gap at 1250-1450 ms: {gaps:?}"
+        );
+        assert!(word_gaps(&Pcm::new(silence(1000), rate)).is_empty());
     }
 }
