@@ -323,10 +323,10 @@ impl AsrActor {
     }
 
     /// Starts the speculative final once the audio up to the pause is in.
-    /// A partial pass in flight whose audio reaches the pause is let finish
-    /// and its words scored at once (and, when the engine decoded them just
-    /// as a final would, they stand as the speculative final); any other
-    /// pass is stopped first.
+    /// What the pass in flight heard is settled first ([`Self::settle`]);
+    /// the last partial's words are scored at once when they reach the
+    /// pause, and stand as the speculative final when the engine decoded
+    /// them just as a final would.
     async fn maybe_speculate(&mut self, ctx: &Ctx) -> Result<()> {
         let Some((at, speech_end_ms)) = self.utterance.as_ref().and_then(|u| u.pause_at) else {
             return Ok(());
@@ -335,50 +335,24 @@ impl AsrActor {
         if self.clock < at || stopped {
             return Ok(());
         }
-        let start_ms = self.utterance.as_ref().map_or(0, |u| ms(u.start));
-        let in_flight = self.pass.as_ref().map(|(kind, _)| *kind);
-        let (waited, running_ms) = (Instant::now(), self.pass_started.0.elapsed());
-        if in_flight == Some(PassKind::Partial)
-            && start_ms + self.pass_started.1 + GUESS_SLACK_MS >= speech_end_ms
-        {
-            // Its audio reaches the end of speech: what it hears is what
-            // was said up to the pause, soon, where stopping it would
-            // waste its encoder pass (whisper.cpp checks the flag only
-            // after it) and a final would start from nothing.
-            self.collect(true, ctx).await?;
-            tracing::debug!(
-                running_ms = running_ms.as_millis() as u64,
-                waited_ms = waited.elapsed().as_millis() as u64,
-                "the partial pass in flight reached the pause and was let finish"
-            );
-        } else if in_flight.is_some_and(|kind| kind != PassKind::Speculative { speech_end_ms }) {
-            // A partial that stops short, or the speculative final of an
-            // earlier pause the user spoke through: stopped (it returns
-            // after its encoder pass).
-            self.abort.store(true, Ordering::SeqCst);
-            self.collect(true, ctx).await?;
-            tracing::debug!(
-                running_ms = running_ms.as_millis() as u64,
-                waited_ms = waited.elapsed().as_millis() as u64,
-                "a pass in flight at the pause was stopped"
-            );
-        }
+        self.settle(speech_end_ms, ctx).await?;
         let Some(guess_is_final) = self.engine.as_ref().map(|e| e.guess_is_final()) else {
             return Ok(());
         };
+        let t_ms = ms(self.clock);
         let u = self.utterance.as_mut().context("no utterance")?;
-        let guess_reaches = u.guess_until_ms + GUESS_SLACK_MS >= speech_end_ms;
         // Words that stop short of the pause are not scored: a prefix can
         // read as finished ("... in his power to do") where the speech went
         // on; the final decode is scored instead.
+        let guess_reaches = u.guess_until_ms + GUESS_SLACK_MS >= speech_end_ms;
         if guess_reaches && u.wants_score {
             let (item_id, text) = (u.item_id.clone(), u.guess.clone());
-            send_pause_transcript(ctx, ms(self.clock), item_id, speech_end_ms, text, false).await;
+            send_pause_transcript(ctx, t_ms, item_id, speech_end_ms, text, false).await;
         }
         let u = self.utterance.as_mut().context("no utterance")?;
+        u.pause_at = None;
         if guess_reaches && guess_is_final {
             // A final decode would hear the same words: they stand.
-            u.pause_at = None;
             u.speculation = Some((speech_end_ms, u.guess.clone()));
             tracing::debug!(
                 item_id = %u.item_id,
@@ -388,21 +362,55 @@ impl AsrActor {
             );
             if u.wants_score {
                 let (item_id, text) = (u.item_id.clone(), u.guess.clone());
-                send_pause_transcript(ctx, ms(self.clock), item_id, speech_end_ms, text, true)
-                    .await;
+                send_pause_transcript(ctx, t_ms, item_id, speech_end_ms, text, true).await;
             }
             return Ok(());
         }
-        let Some(mut engine) = self.engine.take() else {
+        self.start_speculative_final(speech_end_ms, ctx);
+        Ok(())
+    }
+
+    /// At a pause (end of speech `speech_end_ms`), settles the pass in
+    /// flight: a partial whose audio reaches the end of speech is let
+    /// finish (what it hears is what was said up to the pause, soon, where
+    /// stopping it would waste its encoder pass: whisper.cpp checks the
+    /// flag only after it); any other pass (a partial that stops short, the
+    /// speculative final of an earlier pause the user spoke through) is
+    /// stopped, and returns after its encoder pass.
+    async fn settle(&mut self, speech_end_ms: u64, ctx: &Ctx) -> Result<()> {
+        let Some(kind) = self.pass.as_ref().map(|(kind, _)| *kind) else {
             return Ok(());
         };
-        let u = self.utterance.as_mut().context("no utterance")?;
-        u.pause_at = None;
+        if kind == (PassKind::Speculative { speech_end_ms }) {
+            return Ok(());
+        }
+        let start_ms = self.utterance.as_ref().map_or(0, |u| ms(u.start));
+        let reaches = start_ms + self.pass_started.1 + GUESS_SLACK_MS >= speech_end_ms;
+        let let_finish = kind == PassKind::Partial && reaches;
+        let (waited, running_ms) = (Instant::now(), self.pass_started.0.elapsed());
+        if !let_finish {
+            self.abort.store(true, Ordering::SeqCst);
+        }
+        self.collect(true, ctx).await?;
+        tracing::debug!(
+            let_finish,
+            running_ms = running_ms.as_millis() as u64,
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "the pass in flight at the pause was settled"
+        );
+        Ok(())
+    }
+
+    /// Starts decoding the utterance up to the pause as its final. A guess
+    /// the engine hands over before its final (the words before a decoding
+    /// loop) goes to the turn detector at once; the final's own transcript
+    /// waits for it (see `collect`), so it comes second.
+    fn start_speculative_final(&mut self, speech_end_ms: u64, ctx: &Ctx) {
+        let (Some(mut engine), Some(u)) = (self.engine.take(), self.utterance.as_mut()) else {
+            return;
+        };
         self.pass_started = (Instant::now(), ms(self.clock.saturating_sub(u.start)));
         let audio = std::mem::take(&mut u.unsent);
-        // A guess the engine hands over before its final (the words before
-        // a decoding loop) goes to the turn detector at once; the final's
-        // own transcript waits for it (see `collect`), so it comes second.
         let (guess_tx, guess_rx) = tokio::sync::oneshot::channel::<String>();
         self.guess_forward = u.wants_score.then(|| {
             let (ctx, item_id, t_ms) = (ctx.clone(), u.item_id.clone(), ms(self.clock));
@@ -425,7 +433,6 @@ impl AsrActor {
             (engine, result)
         });
         self.pass = Some((PassKind::Speculative { speech_end_ms }, pass));
-        Ok(())
     }
 
     /// Finishes the utterance if speech has stopped and its audio is in.
