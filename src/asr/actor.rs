@@ -60,6 +60,12 @@ const RECENT_MS: u64 = 2_000;
 /// stop for its words to be scored at the pause (two VAD steps).
 const GUESS_SLACK_MS: u64 = 64;
 
+/// Whether audio that ends at `audio_end_ms` heard the speech up to a pause
+/// whose speech ended at `speech_end_ms` (within [`GUESS_SLACK_MS`]).
+fn reaches_pause(audio_end_ms: u64, speech_end_ms: u64) -> bool {
+    audio_end_ms + GUESS_SLACK_MS >= speech_end_ms
+}
+
 type Pass = JoinHandle<(Box<dyn StreamingAsr>, Result<String>)>;
 
 /// What the pass in flight is for.
@@ -344,15 +350,17 @@ impl AsrActor {
         // Words that stop short of the pause are not scored: a prefix can
         // read as finished ("... in his power to do") where the speech went
         // on; the final decode is scored instead.
-        let guess_reaches = u.guess_until_ms + GUESS_SLACK_MS >= speech_end_ms;
+        let guess_reaches = reaches_pause(u.guess_until_ms, speech_end_ms);
+        // A final decode would hear the same words as a final-grade guess:
+        // they stand as the speculative final.
+        let stands = guess_reaches && guess_is_final;
         if guess_reaches && u.wants_score {
             let (item_id, text) = (u.item_id.clone(), u.guess.clone());
-            send_pause_transcript(ctx, t_ms, item_id, speech_end_ms, text, false).await;
+            send_pause_transcript(ctx, t_ms, item_id, speech_end_ms, text, stands).await;
         }
         let u = self.utterance.as_mut().context("no utterance")?;
         u.pause_at = None;
-        if guess_reaches && guess_is_final {
-            // A final decode would hear the same words: they stand.
+        if stands {
             u.speculation = Some((speech_end_ms, u.guess.clone()));
             tracing::debug!(
                 item_id = %u.item_id,
@@ -360,10 +368,6 @@ impl AsrActor {
                 text = %u.guess,
                 "the last partial pass stands as the speculative final"
             );
-            if u.wants_score {
-                let (item_id, text) = (u.item_id.clone(), u.guess.clone());
-                send_pause_transcript(ctx, t_ms, item_id, speech_end_ms, text, true).await;
-            }
             return Ok(());
         }
         self.start_speculative_final(speech_end_ms, ctx);
@@ -385,8 +389,8 @@ impl AsrActor {
             return Ok(());
         }
         let start_ms = self.utterance.as_ref().map_or(0, |u| ms(u.start));
-        let reaches = start_ms + self.pass_started.1 + GUESS_SLACK_MS >= speech_end_ms;
-        let let_finish = kind == PassKind::Partial && reaches;
+        let let_finish = kind == PassKind::Partial
+            && reaches_pause(start_ms + self.pass_started.1, speech_end_ms);
         let (waited, running_ms) = (Instant::now(), self.pass_started.0.elapsed());
         if !let_finish {
             self.abort.store(true, Ordering::SeqCst);
@@ -624,7 +628,7 @@ mod tests {
     use crate::graph::{AudioChunk, EventSink};
 
     /// Names the audio it was given: "<samples> final" or "<samples>", and
-    /// logs each call's (samples, final_pass). Partial passes take
+    /// logs each call's (samples, final decode). Partial passes take
     /// `partial_ms`; its guess is "guess <samples>", a final grade one when
     /// `final_grade`; with `loops_first`, a final hands "first try" over as
     /// its guess.
@@ -638,36 +642,26 @@ mod tests {
     }
 
     impl UtteranceRecognizer for Counting {
-        fn transcribe(
-            &mut self,
-            audio: &[f32],
-            final_pass: bool,
-            _: &Arc<AtomicBool>,
-        ) -> Result<String> {
-            self.calls.lock().unwrap().push((audio.len(), final_pass));
-            self.last_partial = None;
-            if !final_pass {
-                let delay = self.partial_ms.load(Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(delay));
-                self.last_partial = Some(audio.len());
-            }
-            Ok(format!(
-                "{}{}",
-                audio.len(),
-                if final_pass { " final" } else { "" }
-            ))
+        fn transcribe_partial(&mut self, audio: &[f32], _: &Arc<AtomicBool>) -> Result<String> {
+            self.calls.lock().unwrap().push((audio.len(), false));
+            let delay = self.partial_ms.load(Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+            self.last_partial = Some(audio.len());
+            Ok(audio.len().to_string())
         }
 
         fn transcribe_final(
             &mut self,
             audio: &[f32],
-            abort: &Arc<AtomicBool>,
+            _: &Arc<AtomicBool>,
             guess: &mut dyn FnMut(&str),
         ) -> Result<String> {
+            self.calls.lock().unwrap().push((audio.len(), true));
+            self.last_partial = None;
             if self.loops_first {
                 guess("first try");
             }
-            self.transcribe(audio, true, abort)
+            Ok(format!("{} final", audio.len()))
         }
 
         fn latest_guess(&self) -> Option<String> {
@@ -928,8 +922,8 @@ mod tests {
         assert_eq!(transcript, format!("{at_pause} final"));
         assert!(calls.contains(&(at_pause, false)), "{calls:?}");
 
-        // Decoded just as a final would be, its words stand as the final:
-        // no other decode runs.
+        // Decoded just as a final would be, its words stand as the final
+        // (sent once, as the final decode's): no other decode runs.
         let (transcript, calls, pauses) = run(Script {
             engine: Counting {
                 final_grade: true,
@@ -939,11 +933,7 @@ mod tests {
         })
         .await;
         let guess = format!("guess {at_pause}");
-        assert_eq!(
-            pauses,
-            vec![(guess.clone(), false), (guess.clone(), true)],
-            "{calls:?}"
-        );
+        assert_eq!(pauses, vec![(guess.clone(), true)], "{calls:?}");
         assert_eq!(transcript, guess);
         assert!(calls.iter().all(|(_, f)| !f), "no final decode: {calls:?}");
     }

@@ -68,27 +68,19 @@ pub trait StreamingAsr: Send + 'static {
 
 /// A recognizer of whole utterances (such as Whisper).
 pub trait UtteranceRecognizer: Send + 'static {
-    /// Transcribes `audio`. `final_pass` asks for the best result rather
-    /// than the fastest; `abort` set means give up now.
-    fn transcribe(
-        &mut self,
-        audio: &[f32],
-        final_pass: bool,
-        abort: &Arc<AtomicBool>,
-    ) -> Result<String>;
+    /// A fast hypothesis of `audio` for a partial pass; `abort` set means
+    /// give up now.
+    fn transcribe_partial(&mut self, audio: &[f32], abort: &Arc<AtomicBool>) -> Result<String>;
 
-    /// A final decode (`transcribe(audio, true, abort)`) that hands `guess`
-    /// what a first try heard when it must decode again; see
-    /// [`StreamingAsr::speculate`].
+    /// The best transcript of `audio`; `abort` set means give up now.
+    /// `guess` is handed what a first try heard when it must decode again
+    /// (see [`StreamingAsr::speculate`]).
     fn transcribe_final(
         &mut self,
         audio: &[f32],
         abort: &Arc<AtomicBool>,
         guess: &mut dyn FnMut(&str),
-    ) -> Result<String> {
-        let _ = guess;
-        self.transcribe(audio, true, abort)
-    }
+    ) -> Result<String>;
 
     /// See [`StreamingAsr::latest_guess`].
     fn latest_guess(&self) -> Option<String> {
@@ -121,12 +113,14 @@ impl<R: UtteranceRecognizer> Redecode<R> {
 impl<R: UtteranceRecognizer> StreamingAsr for Redecode<R> {
     fn partial(&mut self, new_audio: &[f32]) -> Result<String> {
         self.audio.extend_from_slice(new_audio);
-        self.recognizer.transcribe(&self.audio, false, &self.abort)
+        self.recognizer.transcribe_partial(&self.audio, &self.abort)
     }
 
     fn finalize(&mut self, new_audio: &[f32]) -> Result<String> {
         self.audio.extend_from_slice(new_audio);
-        let result = self.recognizer.transcribe(&self.audio, true, &self.abort);
+        let result = self
+            .recognizer
+            .transcribe_final(&self.audio, &self.abort, &mut |_| {});
         self.audio.clear();
         result
     }

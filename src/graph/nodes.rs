@@ -416,18 +416,9 @@ struct WhisperRecognizer {
 }
 
 impl UtteranceRecognizer for WhisperRecognizer {
-    fn transcribe(
-        &mut self,
-        audio: &[f32],
-        final_pass: bool,
-        abort: &Arc<AtomicBool>,
-    ) -> Result<String> {
-        if !final_pass {
-            return self
-                .session
-                .transcribe_partial(audio, self.threads, Some(abort.clone()));
-        }
-        self.transcribe_final(audio, abort, &mut |_| {})
+    fn transcribe_partial(&mut self, audio: &[f32], abort: &Arc<AtomicBool>) -> Result<String> {
+        self.session
+            .transcribe_partial(audio, self.threads, Some(abort.clone()))
     }
 
     fn transcribe_final(
