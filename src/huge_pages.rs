@@ -52,6 +52,8 @@ struct Mapping {
     start: u64,
     end: u64,
     resident: u64,
+    /// Bytes of it on transparent huge pages (`AnonHugePages`).
+    huge: u64,
 }
 
 /// The private, writable, anonymous mappings of an smaps text, with their
@@ -79,13 +81,22 @@ fn anonymous_mappings(smaps: &str) -> Vec<Mapping> {
                     start,
                     end,
                     resident: 0,
+                    huge: 0,
                 });
             }
-        } else if first == "Rss:"
-            && let Some(mapping) = current.as_mut()
-        {
-            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            mapping.resident = kib * 1024;
+        } else if let Some(mapping) = current.as_mut() {
+            let mut bytes = || {
+                fields
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 1024
+            };
+            match first {
+                "Rss:" => mapping.resident = bytes(),
+                "AnonHugePages:" => mapping.huge = bytes(),
+                _ => {}
+            }
         }
     }
     out.extend(current);
@@ -165,6 +176,7 @@ Rss:                4000 kB
 7f0000000000-7f0003200000 rw-p 00000000 00:00 0 
 Size:              51200 kB
 Rss:               51200 kB
+AnonHugePages:     49152 kB
 7f0003200000-7f0003a00000 rw-p 00000000 00:00 0 
 Size:               8192 kB
 Rss:                  12 kB
@@ -193,7 +205,9 @@ Rss:                8192 kB
             ]
         );
         assert_eq!(maps[1].resident, 51200 * 1024);
+        assert_eq!(maps[1].huge, 49152 * 1024);
         assert_eq!(maps[2].resident, 12 * 1024);
+        assert_eq!(maps[2].huge, 0);
     }
 
     #[test]
@@ -230,20 +244,10 @@ Rss:                8192 kB
     #[cfg(target_os = "linux")]
     fn huge_bytes_at(address: u64) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            let first = line.split_whitespace().next().unwrap_or("");
-            if let Some((start, end)) = first.split_once('-')
-                && let (Ok(start), Ok(end)) =
-                    (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-            {
-                inside = (start..end).contains(&address);
-            } else if inside && first == "AnonHugePages:" {
-                let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-                return kib * 1024;
-            }
-        }
-        0
+        anonymous_mappings(&smaps)
+            .iter()
+            .find(|m| (m.start..m.end).contains(&address))
+            .map_or(0, |m| m.huge)
     }
 
     #[cfg(target_os = "linux")]
