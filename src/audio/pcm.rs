@@ -52,6 +52,15 @@ impl Pcm {
         self.samples.is_empty()
     }
 
+    /// The energy (sum of squared samples) of each 10 ms frame.
+    pub fn frame_energy(&self) -> Vec<f32> {
+        let frame = (self.sample_rate / 100).max(1) as usize;
+        self.samples
+            .chunks(frame)
+            .map(|c| c.iter().map(|x| x * x).sum::<f32>())
+            .collect()
+    }
+
     /// Where speech is, by energy: the start of the first and the end of
     /// the last 10 ms frame whose RMS is within 26 dB of the loudest frame,
     /// in ms; `None` for silence.

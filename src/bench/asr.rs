@@ -30,13 +30,13 @@ use crate::runner::{Pace, run_pcm};
 
 use super::median;
 
+/// Where Debian's pocketsphinx-testdata puts its five LibriVox sentences.
+pub const LIBRIVOX_DIR: &str = "/usr/share/pocketsphinx/test/data/librivox";
+
 /// Where Debian's pocketsphinx-testdata puts its clips, and the file that
 /// lists each set's transcriptions.
 const SETS: [(&str, &str); 2] = [
-    (
-        "/usr/share/pocketsphinx/test/data/librivox",
-        "transcription",
-    ),
+    (LIBRIVOX_DIR, "transcription"),
     (
         "/usr/share/pocketsphinx/test/data/cards",
         "cards.transcription",
@@ -119,7 +119,8 @@ pub struct Report {
     pub floor_final_ms: Vec<f64>,
 }
 
-fn clip_name(path: &Path) -> String {
+/// A clip's file name, for reports.
+pub fn clip_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()

@@ -370,10 +370,7 @@ pub(crate) async fn voice_turn(
     synth: &mut Option<Synthesizer>,
     path: &Path,
 ) -> Result<Turn> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = super::asr::clip_name(path);
     let pcm = decode_file(path).with_context(|| format!("decoding {name}"))?;
     let pace = Pace {
         chunk_ms: 20,

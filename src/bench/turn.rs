@@ -26,7 +26,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::asr::{LIBRIVOX_DIR, clip_name};
 use super::tts::{STAGES, Turn, med, opt_ms, voice_turn};
+use crate::asr::ASR_RATE;
 use crate::asr::whisper::{DecodeOptions, default_threads};
 use crate::audio::{Pcm, decode_file, resample};
 use crate::graph::{Pipeline, Resources};
@@ -124,12 +126,7 @@ pub fn word_gaps(pcm: &Pcm) -> Vec<u64> {
     let Some((start_ms, end_ms)) = pcm.energy_speech_span() else {
         return Vec::new();
     };
-    let frame = (pcm.sample_rate / 100).max(1) as usize;
-    let energy: Vec<f32> = pcm
-        .samples
-        .chunks(frame)
-        .map(|c| c.iter().map(|x| x * x).sum::<f32>())
-        .collect();
+    let energy = pcm.frame_energy();
     let (start, end) = ((start_ms / 10) as usize, (end_ms / 10) as usize);
     let run = |i: usize| energy[i..i + 8].iter().sum::<f32>();
     if end < start + 60 || end > energy.len() {
@@ -166,19 +163,17 @@ pub fn score_gaps(resources: &Resources) -> Result<Vec<Gap>> {
     };
     let mut gaps = Vec::new();
     for clip in super::asr::reference_clips()? {
-        if !clip.path.to_string_lossy().contains("librivox") {
+        if !clip.path.starts_with(LIBRIVOX_DIR) {
             continue;
         }
-        let name = clip
-            .path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().to_string());
+        let name = clip_name(&clip.path);
         let pcm = decode_file(&clip.path)?;
-        let pcm = Pcm::new(resample(&pcm.samples, pcm.sample_rate, 16_000)?, 16_000);
+        let pcm = Pcm::new(resample(&pcm.samples, pcm.sample_rate, ASR_RATE)?, ASR_RATE);
         let (_, end_ms) = pcm.energy_speech_span().context("a silent clip")?;
         let cuts = word_gaps(&pcm).into_iter().map(|ms| (ms, false));
         for (at_ms, end) in cuts.chain([(end_ms, true)]) {
-            let audio = &pcm.samples[..(at_ms as usize * 16).min(pcm.samples.len())];
+            let cut = at_ms as usize * ASR_RATE as usize / 1000;
+            let audio = &pcm.samples[..cut.min(pcm.samples.len())];
             let text = session.transcribe_final(audio, &options, &mut |_| {})?;
             let score = scorer.score(None, &text)?.score;
             gaps.push(Gap {

@@ -54,11 +54,7 @@ fn prepare(clip: &ReferenceClip) -> Result<Prepared> {
         .energy_speech_span()
         .with_context(|| format!("{} holds no speech", clip.path.display()))?;
     Ok(Prepared {
-        name: clip
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        name: super::asr::clip_name(&clip.path),
         speech_end_ms: LEAD_MS + end_ms,
         samples: speech.padded(LEAD_MS, TAIL_MS).samples,
     })

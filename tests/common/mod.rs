@@ -214,11 +214,7 @@ pub fn test_photo_rgb(name: &str) -> image::RgbImage {
 pub fn split_mid_sentence(pcm: &Pcm, pause_ms: u64) -> (Pcm, u64) {
     let (start, end) = energy_speech_span(pcm);
     let frame = (pcm.sample_rate / 100) as usize; // 10 ms
-    let energy: Vec<f32> = pcm
-        .samples
-        .chunks(frame)
-        .map(|c| c.iter().map(|x| x * x).sum::<f32>())
-        .collect();
+    let energy = pcm.frame_energy();
     let span = end - start;
     let (lo, hi) = (
         ((start + span * 35 / 100) / 10) as usize,
