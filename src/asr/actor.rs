@@ -239,6 +239,15 @@ impl AsrActor {
         if kind == PassKind::Partial {
             u.guess = guess.unwrap_or_else(|| text.clone());
             u.guess_until_ms = ms(u.start) + self.pass_started.1;
+            ctx.send(DataFrame {
+                t_ms: ms(self.clock),
+                response_id: INPUT,
+                payload: Payload::Hypothesis {
+                    item_id: u.item_id.clone(),
+                    text: u.guess.clone(),
+                },
+            })
+            .await;
         }
         if let PassKind::Speculative { speech_end_ms } = kind
             && u.resumed_from != Some(speech_end_ms)
@@ -548,6 +557,7 @@ impl Actor for AsrActor {
             SystemKind::SpeechStarted {
                 item_id,
                 audio_start_ms,
+                ..
             } => {
                 if self.utterance.is_some() {
                     // A new segment before the last one was stopped: finish it.
@@ -749,6 +759,7 @@ mod tests {
                     SystemKind::SpeechStarted {
                         item_id: item_id.clone(),
                         audio_start_ms: 0,
+                        wants_scores: true,
                     },
                 ),
                 &ctx,

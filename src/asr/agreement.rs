@@ -11,6 +11,12 @@
 //! committed words (the prefix of the pass closest to them by word edit
 //! distance), and only what follows that prefix competes for commitment:
 //! no word is committed twice.
+//!
+//! A pass's last word is not committed while it ends with a full stop:
+//! whisper closes whatever audio it is given with one, so two passes that
+//! end on "he was not." agree on a full stop nobody said ("he was not an
+//! ill-disposed young man"). The word is committed by a later pass that
+//! heard what follows it.
 
 /// Committed words of the current utterance and the previous pass.
 #[derive(Debug, Default, Clone)]
@@ -36,10 +42,11 @@ impl LocalAgreement {
         let words: Vec<String> = hypothesis.split_whitespace().map(String::from).collect();
         let mut fresh = Vec::new();
         if let Some(previous) = &self.previous {
-            let tail_now = words.iter().skip(aligned_end(&self.committed, &words));
+            let start = aligned_end(&self.committed, &words);
             let tail_before = previous.iter().skip(aligned_end(&self.committed, previous));
-            for (now, before) in tail_now.zip(tail_before) {
-                if key(now).is_empty() || key(now) != key(before) {
+            for ((i, now), before) in words.iter().enumerate().skip(start).zip(tail_before) {
+                let closes_pass = i + 1 == words.len() && closes_with_full_stop(now);
+                if key(now).is_empty() || key(now) != key(before) || closes_pass {
                     break;
                 }
                 fresh.push(now.clone());
@@ -54,6 +61,11 @@ impl LocalAgreement {
     pub fn committed(&self) -> &[String] {
         &self.committed
     }
+}
+
+/// A word ending in one full stop (not an ellipsis).
+fn closes_with_full_stop(word: &str) -> bool {
+    word.ends_with('.') && !word.ends_with("..")
 }
 
 /// How many leading words of `words` correspond to `committed`: the prefix
@@ -139,6 +151,22 @@ mod tests {
         assert_eq!(a.update("Mr. John."), ["Mr."]);
         assert_eq!(a.update("Mr. John Dagg"), ["John"]);
         assert_eq!(a.committed(), ["and", "Mr.", "John"]);
+    }
+
+    #[test]
+    fn a_full_stop_that_closes_a_pass_is_not_committed() {
+        // Seen on LibriVox 0880: two passes closed on "not.", where the
+        // speaker went on "an ill-disposed young man".
+        let mut a = LocalAgreement::new();
+        a.update("He was not.");
+        assert_eq!(a.update("He was not."), ["He", "was"]);
+        assert_eq!(a.update("He was not an old"), ["not"]);
+        assert_eq!(a.update("He was not an old-sposed young man."), ["an"]);
+        assert_eq!(a.committed().join(" "), "He was not an");
+        // Inside a pass a full stop was heard, and is committed.
+        let mut a = LocalAgreement::new();
+        a.update("Wait. Then");
+        assert_eq!(a.update("Wait. Then go"), ["Wait.", "Then"]);
     }
 
     #[test]

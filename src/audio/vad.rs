@@ -295,6 +295,7 @@ impl VadActor {
                     SystemKind::SpeechStarted {
                         item_id: self.item_id(),
                         audio_start_ms,
+                        wants_scores: self.params.semantic().is_some(),
                     },
                 );
             }

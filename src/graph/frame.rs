@@ -46,6 +46,9 @@ pub enum SystemKind {
     SpeechStarted {
         item_id: String,
         audio_start_ms: u64,
+        /// Semantic VAD will score this utterance's pauses: the turn
+        /// detector caches its words as they come.
+        wants_scores: bool,
     },
     /// The user stopped speaking. `audio_end_ms` is when the silence window
     /// closed (as in the Realtime API), `speech_end_ms` when voice last was heard.
@@ -145,6 +148,10 @@ pub enum Payload {
         text: String,
         is_final: bool,
     },
+    /// The whole hypothesis of the latest partial pass over an utterance
+    /// still being spoken (ASR -> turn actor, which caches its settled
+    /// words for scoring the next pause).
+    Hypothesis { item_id: String, text: String },
     /// The words of an utterance heard up to a pause that began at
     /// `speech_end_ms` (guesses first: a partial hypothesis that heard up to
     /// the pause, the words before a decoding loop; then the speculative

@@ -1494,8 +1494,9 @@ impl Actor for Controller {
                     self.remember(Modality::Vision, &seen.text).await?;
                 }
             }
-            // What was heard up to a pause is for the turn detector.
-            Payload::PauseTranscript { .. } => {}
+            // What was heard up to a pause, or so far, is for the turn
+            // detector.
+            Payload::PauseTranscript { .. } | Payload::Hypothesis { .. } => {}
             _ => {
                 if frame.response_id == INPUT {
                     ctx.send(frame).await;

@@ -363,6 +363,7 @@ async fn handle(
                     SystemKind::SpeechStarted {
                         item_id: item_id.clone(),
                         audio_start_ms: now,
+                        wants_scores: false,
                     },
                 );
                 state.open = Some((item_id, state.appended));
@@ -455,6 +456,7 @@ async fn handle(
                         SystemKind::SpeechStarted {
                             item_id: item_id.clone(),
                             audio_start_ms: now,
+                            wants_scores: false,
                         },
                     );
                     state.appended += audio.len() as u64;

@@ -135,18 +135,31 @@ impl EndOfTurnScorer {
     }
 }
 
-/// The transcript as the scorer reads it: trimmed, and without a closing
-/// full stop. Whisper ends whatever audio it is given with one, so at a
-/// pause mid-sentence it writes "He was not." as readily as at the end of
-/// a sentence, and the model took that for a finished turn; whether a full
+/// The transcript as the scorer reads it: trimmed, starting with a capital
+/// letter, and without a closing full stop.
+///
+/// Whisper writes an utterance's first word in lower case until it has
+/// heard enough to know a sentence starts there ("and Mr. John"), and with
+/// a capital in the final ("And Mr. John"): one spelling keeps the words
+/// cached while the user spoke ([`EndOfTurnScorer::prepare`]) a prefix of
+/// the final's.
+///
+/// Whisper ends whatever audio it is given with a full stop, so at a pause
+/// mid-sentence it writes "He was not." as readily as at the end of a
+/// sentence, and the model took that for a finished turn; whether a full
 /// stop belongs there is the model's to judge. What whisper writes only
 /// when it hears it stays: a question mark, an exclamation mark, a trailing
 /// comma or ellipsis.
 fn for_scoring(text: &str) -> String {
     let text = text.trim();
-    match text.strip_suffix('.') {
-        Some(rest) if !rest.ends_with('.') => rest.trim_end().to_string(),
-        _ => text.to_string(),
+    let text = match text.strip_suffix('.') {
+        Some(rest) if !rest.ends_with('.') => rest.trim_end(),
+        _ => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -181,5 +194,7 @@ mod tests {
         assert_eq!(for_scoring("He was not. "), "He was not");
         assert_eq!(for_scoring("Mr. Dashwood left."), "Mr. Dashwood left");
         assert_eq!(for_scoring("Well..."), "Well...");
+        assert_eq!(for_scoring("and Mr. John"), "And Mr. John");
+        assert_eq!(for_scoring(" "), "");
     }
 }
