@@ -5,7 +5,8 @@
 //!
 //! Events (OpenAI Realtime API): `conversation.item.input_audio_transcription.delta`
 //! with the newly committed words, and `...completed` with the final
-//! `transcript`. Downstream it sends `Transcript` data frames.
+//! `transcript`. Downstream it sends `Transcript` data frames, and each
+//! partial pass's whole hypothesis (`Hypothesis`) for the turn detector.
 //!
 //! Passes run on the blocking pool. A partial pass in flight when speech
 //! stops has its abort flag raised and returns soon (Whisper: after its

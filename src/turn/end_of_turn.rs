@@ -15,9 +15,9 @@
 //! turn after "Which card did you draw?", not out of the blue.
 //!
 //! The scorer keeps its own KV cache: the system prompt and the assistant's
-//! words stay cached, and so do the user's words committed while they speak
-//! ([`EndOfTurnScorer::prepare`]), so a pause costs a prefill of just the
-//! words heard since.
+//! words stay cached, and so do the user's words recognized while they
+//! speak ([`EndOfTurnScorer::prepare`]), so a pause costs a prefill of just
+//! the words heard since.
 
 use anyhow::{Context, Result};
 
