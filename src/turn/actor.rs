@@ -78,6 +78,14 @@ impl TurnActor {
         if settled.is_empty() {
             return Ok(());
         }
+        self.cache(item_id, settled).await
+    }
+
+    /// Caches the prompt up to `settled` (words of utterance `item_id` that
+    /// later passes are unlikely to change; none at the start of speech:
+    /// the system prompt and what the user heard the assistant say) in the
+    /// scorer, under semantic VAD.
+    async fn cache(&mut self, item_id: &str, settled: String) -> Result<()> {
         self.settled = Some((item_id.to_string(), settled.clone()));
         if !self.semantic {
             return Ok(());
@@ -175,9 +183,17 @@ impl TurnActor {
 #[async_trait]
 impl Actor for TurnActor {
     async fn on_system(&mut self, frame: &SystemFrame, _ctx: &Ctx) -> Result<()> {
-        if let SystemKind::SpeechStarted { wants_scores, .. } = &frame.kind {
+        if let SystemKind::SpeechStarted {
+            item_id,
+            wants_scores,
+            ..
+        } = &frame.kind
+        {
+            // The prompt before the user's words is computed while they
+            // speak: a short answer ("Yes.") has no words to cache before
+            // its pause, which would otherwise prefill it all.
             self.semantic = *wants_scores;
-            return Ok(());
+            return self.cache(item_id, String::new()).await;
         }
         let SystemKind::SpeechPaused {
             item_id,
@@ -284,8 +300,38 @@ mod tests {
         )
     }
 
+    fn started(wants_scores: bool) -> SystemFrame {
+        SessionLink::new().frame(
+            0,
+            SystemKind::SpeechStarted {
+                item_id: "item_1".into(),
+                audio_start_ms: 0,
+                wants_scores,
+            },
+        )
+    }
+
     fn cached(actor: &TurnActor) -> usize {
         actor.scorer.as_ref().expect("scorer").cached_tokens()
+    }
+
+    #[tokio::test]
+    async fn the_prompt_is_cached_when_speech_starts_under_semantic_vad() {
+        let model = LocalModel::load(&ModelStore::from_env()).expect("the local LLM");
+        let (events, _rx) = EventSink::new();
+        let (out, _inbox) = mailbox();
+        let ctx = Ctx::new("turn", vec![out], events, SessionLink::new());
+        for semantic in [false, true] {
+            let scorer = EndOfTurnScorer::new(&model).expect("scorer");
+            let mut actor = TurnActor::new(scorer, Arc::new(Heard::new()));
+            actor.on_system(&started(semantic), &ctx).await.unwrap();
+            assert_eq!(
+                cached(&actor) > 0,
+                semantic,
+                "semantic VAD {semantic}: cached {}",
+                cached(&actor)
+            );
+        }
     }
 
     #[tokio::test]

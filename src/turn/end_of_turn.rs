@@ -62,12 +62,13 @@ impl EndOfTurnScorer {
     /// user last heard the assistant say, if anything). Blocks for one
     /// prefill of the words not already cached (see [`Self::prepare`]).
     pub fn score(&mut self, assistant: Option<&str>, user_text: &str) -> Result<Scored> {
-        let Some(tokens) = self.prompt(assistant, user_text)? else {
+        if for_scoring(user_text).is_empty() {
             return Ok(Scored {
                 score: 0.0,
                 prefilled: 0,
             });
-        };
+        }
+        let tokens = self.prompt(assistant, user_text)?;
         let (logits, prefilled) = self.session.next_token_logits(&tokens)?;
         let p_end: f32 = std::iter::once(self.end_of_turn)
             .chain(self.sentence_ends.iter().copied())
@@ -80,13 +81,13 @@ impl EndOfTurnScorer {
     }
 
     /// Caches the prompt up to `user_words` (what the user has said so far
-    /// of a turn still going on), so that a later [`Self::score`] of words
-    /// that start with them prefills only the rest: at a pause, just the
-    /// last words heard instead of the whole utterance.
+    /// of a turn still going on; none yet when the user starts speaking),
+    /// so that a later [`Self::score`] of words that start with them
+    /// prefills only the rest: at a pause, just the last words heard
+    /// instead of the whole utterance and the prompt before it.
     pub fn prepare(&mut self, assistant: Option<&str>, user_words: &str) -> Result<()> {
-        if let Some(tokens) = self.prompt(assistant, user_words)?
-            && common_prefix(self.session.cached_tokens(), &tokens) < tokens.len()
-        {
+        let tokens = self.prompt(assistant, user_words)?;
+        if common_prefix(self.session.cached_tokens(), &tokens) < tokens.len() {
             self.session.next_token_logits(&tokens)?;
         }
         Ok(())
@@ -98,9 +99,8 @@ impl EndOfTurnScorer {
     /// read again: one-token scores in a loop cost 16-20 ms back to back,
     /// 95-107 ms after 300 ms asleep, 216-256 ms after a second.
     pub fn warm(&mut self, assistant: Option<&str>, user_words: &str) -> Result<()> {
-        if let Some(tokens) = self.prompt(assistant, user_words)? {
-            self.session.next_token_logits(&tokens)?;
-        }
+        let tokens = self.prompt(assistant, user_words)?;
+        self.session.next_token_logits(&tokens)?;
         Ok(())
     }
 
@@ -110,13 +110,10 @@ impl EndOfTurnScorer {
         self.session.cached_tokens().len()
     }
 
-    /// The chat-template tokens up to the end of `user_text` (`None` when
-    /// there are no words to read).
-    fn prompt(&self, assistant: Option<&str>, user_text: &str) -> Result<Option<Vec<u32>>> {
+    /// The chat-template tokens up to the end of `user_text` (up to the
+    /// start of the user's message when there are no words).
+    fn prompt(&self, assistant: Option<&str>, user_text: &str) -> Result<Vec<u32>> {
         let text = for_scoring(user_text);
-        if text.is_empty() {
-            return Ok(None);
-        }
         let model = self.session.model();
         let mut messages = Vec::new();
         if let Some(said) = assistant.map(str::trim).filter(|s| !s.is_empty()) {
@@ -131,7 +128,7 @@ impl EndOfTurnScorer {
             .rposition(|&t| t == self.end_of_turn)
             .context("the chat template has no end-of-turn token")?;
         tokens.truncate(close);
-        Ok(Some(tokens))
+        Ok(tokens)
     }
 }
 
