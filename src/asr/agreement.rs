@@ -18,6 +18,8 @@
 //! ill-disposed young man"). The word is committed by a later pass that
 //! heard what follows it.
 
+use super::strip_closing_full_stop;
+
 /// Committed words of the current utterance and the previous pass.
 #[derive(Debug, Default, Clone)]
 pub struct LocalAgreement {
@@ -45,7 +47,7 @@ impl LocalAgreement {
             let start = aligned_end(&self.committed, &words);
             let tail_before = previous.iter().skip(aligned_end(&self.committed, previous));
             for ((i, now), before) in words.iter().enumerate().skip(start).zip(tail_before) {
-                let closes_pass = i + 1 == words.len() && closes_with_full_stop(now);
+                let closes_pass = i + 1 == words.len() && strip_closing_full_stop(now).is_some();
                 if key(now).is_empty() || key(now) != key(before) || closes_pass {
                     break;
                 }
@@ -61,11 +63,6 @@ impl LocalAgreement {
     pub fn committed(&self) -> &[String] {
         &self.committed
     }
-}
-
-/// A word ending in one full stop (not an ellipsis).
-fn closes_with_full_stop(word: &str) -> bool {
-    word.ends_with('.') && !word.ends_with("..")
 }
 
 /// How many leading words of `words` correspond to `committed`: the prefix

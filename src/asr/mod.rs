@@ -22,6 +22,14 @@ use anyhow::Result;
 /// Rate of the audio every ASR backend receives.
 pub const ASR_RATE: u32 = 16_000;
 
+/// `text` without a closing full stop (one `.` at its end, not an
+/// ellipsis), or `None` when it has none. Whisper closes whatever audio it
+/// is given with one, so at a pause mid-sentence it writes "He was not." as
+/// readily as at the end of a sentence: such a full stop says nothing.
+pub fn strip_closing_full_stop(text: &str) -> Option<&str> {
+    text.strip_suffix('.').filter(|rest| !rest.ends_with('.'))
+}
+
 /// A recognizer for one session's utterances (16 kHz mono). Methods block:
 /// callers run them on the blocking pool.
 pub trait StreamingAsr: Send + 'static {

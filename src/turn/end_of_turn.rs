@@ -21,6 +21,7 @@
 
 use anyhow::{Context, Result};
 
+use crate::asr::strip_closing_full_stop;
 use crate::llm::local::{LocalModel, LocalSession, common_prefix};
 use crate::llm::{ChatMessage, Role};
 
@@ -149,10 +150,7 @@ impl EndOfTurnScorer {
 /// comma or ellipsis.
 fn for_scoring(text: &str) -> String {
     let text = text.trim();
-    let text = match text.strip_suffix('.') {
-        Some(rest) if !rest.ends_with('.') => rest.trim_end(),
-        _ => text,
-    };
+    let text = strip_closing_full_stop(text).map_or(text, str::trim_end);
     let mut chars = text.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
